@@ -38,9 +38,7 @@ def key_padding_mask(lengths: Tensor, n_keys: int) -> Tensor:
     return (keys[None, :] < lengths[:, None])[:, None, None, :]
 
 
-def combined_mask(
-    q: Tensor, k: Tensor, causal: bool, mask: Tensor | None
-) -> Tensor | None:
+def combined_mask(q: Tensor, k: Tensor, causal: bool, mask: Tensor | None) -> Tensor | None:
     """Merge the causal rule and a user mask into one boolean mask, or None if neither applies."""
     if causal:
         allowed = causal_mask(q.shape[-2], k.shape[-2], q.device)
