@@ -149,7 +149,7 @@ def allowed_pairs(
     """Return which (query, key) pairs may attend, broadcasting the two index tensors.
 
     Pass (M, 1) and (1, N) indices for a score tile, or (1, M) and (N, 1) for its transpose.
-    Causal attention is aligned bottom-right: query i sees keys j <= i + (N_K - N_Q).
+    Causal attention is aligned bottom-right: query i attends to keys j <= i + (N_K - N_Q).
     """
     allowed = (query_index < N_Q) & (key_index < N_K)
     if CAUSAL:
