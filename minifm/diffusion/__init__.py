@@ -1,0 +1,40 @@
+"""Diffusion models: noise schedules, DDPM and DDIM samplers, sampling loops and the UNet."""
+
+from minifm.diffusion.pipelines import (
+    classifier_free_guidance,
+    denoise,
+    guided_model_fn,
+    image_to_image,
+    inpaint,
+    sample,
+)
+from minifm.diffusion.samplers import (
+    DDIMConfig,
+    DDIMSampler,
+    DDPMConfig,
+    DDPMSampler,
+    SamplerConfig,
+    timestep_schedule,
+)
+from minifm.diffusion.schedule import add_noise, alphas_cumprod, make_betas, snr
+
+__all__ = [
+    "DDIMConfig",
+    "DDIMSampler",
+    "DDPMConfig",
+    "DDPMSampler",
+    "SamplerConfig",
+    "add_noise",
+    "alphas_cumprod",
+    "classifier_free_guidance",
+    "denoise",
+    "guided_model_fn",
+    "image_to_image",
+    "inpaint",
+    "make_betas",
+    "sample",
+    "snr",
+    "timestep_schedule",
+]
+
+# Models built on the samplers: each import line extends __all__ with its names.
