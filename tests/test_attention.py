@@ -1,0 +1,106 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minifm.attention import (
+    MultiHeadAttention,
+    attend,
+    attention_weights,
+    causal_mask,
+    key_padding_mask,
+)
+
+TOLERANCE = 1e-5  # float32, math against PyTorch's fused kernel
+
+
+def qkv(B=2, H=3, Nq=7, Nk=7, Dh=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, n, Dh, generator=g) for n in (Nq, Nk, Nk))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lengths", [(7, 7), (5, 9), (9, 5), (1, 13)])
+def test_math_and_sdpa_agree(causal, lengths):
+    q, k, v = qkv(Nq=lengths[0], Nk=lengths[1])
+    math_out = attend(q, k, v, causal=causal, backend="math")
+    sdpa_out = attend(q, k, v, causal=causal, backend="sdpa")
+    torch.testing.assert_close(math_out, sdpa_out, atol=TOLERANCE, rtol=0)
+
+
+def test_causal_alignment_matches_pytorch_for_unequal_lengths():
+    q, k, v = qkv(Nq=4, Nk=9)
+    ours = attend(q, k, v, causal=True, backend="math")
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(4, 9))
+    torch.testing.assert_close(ours, reference, atol=TOLERANCE, rtol=0)
+    assert causal_mask(4, 9)[-1].all(), "the last query must see every key"
+    assert causal_mask(4, 9)[0].sum() == 6
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_padding_mask_ignores_padded_keys(backend):
+    q, k, v = qkv(Nk=6)
+    mask = key_padding_mask(torch.tensor([6, 3]), 6)
+    out = attend(q, k, v, mask=mask, backend=backend)
+    truncated = attend(q[1:], k[1:, :, :3], v[1:, :, :3], backend="math")
+    torch.testing.assert_close(out[1:], truncated, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_fully_masked_rows_give_zeros_and_zero_gradients(backend):
+    q, k, v = (t.requires_grad_() for t in qkv(Nk=5))
+    mask = key_padding_mask(torch.tensor([5, 0]), 5)
+    out = attend(q, k, v, mask=mask, backend=backend)
+    out.sum().backward()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    for tensor in (q, k, v):
+        assert torch.isfinite(tensor.grad).all()
+        assert torch.equal(tensor.grad[1], torch.zeros_like(tensor.grad[1]))
+
+
+def test_attention_weights_rows_sum_to_one():
+    q, k, _ = qkv()
+    weights = attention_weights(q, k, causal=True)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 7))
+    assert torch.equal(weights[..., 0, 1:], torch.zeros(2, 3, 6))
+
+
+def test_unknown_backend_is_rejected():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        attend(q, k, v, backend="flash")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        MultiHeadAttention(8, 2, backend="cuda")
+
+
+def test_non_boolean_mask_is_rejected():
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match="boolean"):
+        attend(q, k, v, mask=torch.zeros(7, 7))
+
+
+def test_mismatched_shapes_are_rejected():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="incompatible"):
+        attend(q, k[..., :8], v[..., :8])
+    with pytest.raises(ValueError, match="4-D"):
+        attend(q[0], k[0], v[0])
+
+
+def test_multi_head_attention_weights_match_across_backends():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    math_layer = MultiHeadAttention(16, 4, backend="math")
+    sdpa_layer = MultiHeadAttention(16, 4, backend="sdpa")
+    sdpa_layer.load_state_dict(math_layer.state_dict())
+    math_out, math_weights = math_layer(x, return_attention=True)
+    sdpa_out, sdpa_weights = sdpa_layer(x, return_attention=True)
+    torch.testing.assert_close(math_out, sdpa_out, atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(math_weights, sdpa_weights)
+    assert math_weights.shape == (2, 4, 5, 5)
+
+
+def test_cross_attention_uses_context_length():
+    layer = MultiHeadAttention(16, 2, context_dim=8)
+    out, weights = layer(torch.randn(2, 5, 16), torch.randn(2, 11, 8), return_attention=True)
+    assert out.shape == (2, 5, 16)
+    assert weights.shape == (2, 2, 5, 11)
