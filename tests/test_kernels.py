@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn.attention.bias import causal_lower_right
 
 from minifm.attention import attend, key_padding_mask
 from minifm.datasets import load_digits
@@ -199,6 +200,18 @@ def test_causal_queries_before_first_key_give_zeros():
     assert torch.equal(q.grad[:, :, :40], torch.zeros_like(q.grad[:, :, :40]))
     assert torch.isfinite(q.grad).all()
     assert out[:, :, 40:].abs().sum() > 0
+
+
+@pytest.mark.filterwarnings("ignore:Lower right causal bias")
+@pytest.mark.parametrize("lengths", [(30, 70), (70, 30)], ids=["Nq<Nk", "Nq>Nk"])
+def test_causal_alignment_is_lower_right(lengths):
+    Nq, Nk = lengths
+    q, k, v, _ = make_inputs(1, 2, Nq, Nk, 32)
+    ours = attend(q, k, v, causal=True, backend="triton")
+    bias = causal_lower_right(Nq, Nk)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    rows = slice(max(0, Nq - Nk), None)  # PyTorch returns NaN for the rows that see no key
+    assert_close("output", ours[:, :, rows], reference[:, :, rows], OUTPUT_TOLERANCE[torch.float32])
 
 
 @settings(max_examples=20, deadline=None, derandomize=True)
