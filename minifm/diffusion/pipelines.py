@@ -1,8 +1,8 @@
 """Sampling loops built on the samplers: plain sampling, guidance, image-to-image, inpainting.
 
 Every loop calls `model_fn(x, t) -> output`, with x of shape (B, ...) and t a (B,) int64
-tensor of the current timestep on x's device. The output is whatever the sampler's
-`prediction_type` says (noise, velocity or clean sample), shaped like x. All randomness,
+tensor of the current timestep on x's device. It returns the target of the sampler's
+`prediction_type` (noise, velocity or clean sample), shaped like x. All randomness,
 the starting noise included, comes from `generator`.
 """
 
@@ -159,7 +159,7 @@ def image_to_image(
     """Noise `image` (B, ...) part of the way and denoise it back (SDEdit, Meng et al. 2022).
 
     Of the S timesteps, the last round(strength * S) run, starting from q(x_t | image) at the
-    first of them. At strength 1 that start still holds sqrt(alpha_bar_t) of the image, as in
+    first of them. At strength 1 that start still contains sqrt(alpha_bar_t) of the image, as in
     diffusers' image-to-image pipelines. It is pure noise, and the result equals `sample`,
     only where alpha_bar_t = 0 (zero terminal SNR with "trailing" spacing).
     """
@@ -167,13 +167,13 @@ def image_to_image(
     if num_inference_steps is not None:
         sampler.set_timesteps(num_inference_steps)
     total = len(sampler.timesteps)
-    kept = round(strength * total)
-    if kept == 0:
+    steps_run = round(strength * total)
+    if steps_run == 0:
         raise ValueError(
             f"strength={strength} with {total} inference steps runs no step; "
             f"use strength >= {0.5 / total:.3g} or more steps"
         )
-    timesteps = sampler.timesteps[total - kept :]
+    timesteps = sampler.timesteps[total - steps_run :]
 
     noise = standard_normal(image.shape, generator, image.device, image.dtype)
     start = timesteps[:1].expand(image.shape[0])  # (B,)

@@ -112,7 +112,7 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is unknown, expected one of {choices}")
+        raise ValueError(f"{name}={value!r} is not supported, expected one of {choices}")
 
 
 def timestep_schedule(
@@ -120,9 +120,9 @@ def timestep_schedule(
 ) -> Tensor:
     """Return the descending timesteps of a sampling run, shape (S,) int64.
 
-    The spacings are those of Lin et al. 2023, Table 2, computed as diffusers 0.42 does:
-    "leading" takes multiples of T // S from 0 (plus `steps_offset`), "trailing" counts down
-    from T - 1 in strides of T / S, and "linspace" rounds S evenly spaced points of [0, T - 1].
+    The spacings are those of Lin et al. 2023, Table 2, computed as diffusers 0.42 does.
+    "leading" takes multiples of T // S from 0, plus `steps_offset`. "trailing" counts down
+    from T - 1 in strides of T / S. "linspace" rounds S evenly spaced points of [0, T - 1].
     For some (T, S), such as (1000, 61), diffusers' "trailing" returns one extra timestep -1.
     This function returns exactly S timesteps there.
     """
@@ -221,7 +221,7 @@ class DiffusionSampler:
     def _x0_and_epsilon(
         self, model_output: Tensor, x: Tensor, alpha_bar: float
     ) -> tuple[Tensor, Tensor]:
-        """Return (x_0, eps) from the model output, with x_0 clipped when the config asks."""
+        """Return (x_0, eps) from the model output, with x_0 clipped when `clip_sample` is set."""
         if model_output.shape != x.shape:
             raise ValueError(
                 f"model_output has shape {tuple(model_output.shape)}, expected the sample's "
@@ -291,7 +291,7 @@ class DDPMSampler(DiffusionSampler):
         if not self._previous:
             return t - 1
         if t not in self._previous:
-            raise ValueError(f"t={t} is not one of the sampler's timesteps; call set_timesteps")
+            raise ValueError(f"t={t} is not one of the timesteps that set_timesteps chose")
         return self._previous[t]
 
     def step(

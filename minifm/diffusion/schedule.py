@@ -80,7 +80,7 @@ def make_betas(
     if beta_schedule == "squaredcos_cap_v2":
         return cosine_betas(num_train_timesteps, dtype=dtype)
     raise ValueError(
-        f"beta_schedule={beta_schedule!r} is unknown, expected one of {BETA_SCHEDULES}"
+        f"beta_schedule={beta_schedule!r} is not supported, expected one of {BETA_SCHEDULES}"
     )
 
 
@@ -155,7 +155,8 @@ def check_prediction_type(prediction_type: str) -> None:
     """Raise ValueError unless `prediction_type` is one of PREDICTION_TYPES."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(
-            f"prediction_type={prediction_type!r} is unknown, expected one of {PREDICTION_TYPES}"
+            f"prediction_type={prediction_type!r} is not supported, "
+            f"expected one of {PREDICTION_TYPES}"
         )
 
 
