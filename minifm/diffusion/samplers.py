@@ -8,12 +8,12 @@ The objects follow the shape of diffusers' `DDPMScheduler` and `DDIMScheduler`:
         x = sampler.step(model(x, t), t, x)
 
 The schedule tables (`betas`, `alphas_cumprod`) are float32 and built exactly as diffusers
-builds them, since that is what models are trained with. The coefficients of each step are
-computed in float64 from those tables and applied in the sample's dtype.
+builds them, because models trained with diffusers saw those values. The coefficients of
+each step are computed in float64 from those tables and applied in the sample's dtype.
 
 Limits: no learned variances (`variance_type` "learned", "learned_range"), no dynamic
 thresholding, no custom timestep lists. All randomness comes from a `torch.Generator`, drawn
-on the generator's device so that a CPU generator gives the same samples on every device.
+on the generator's device, so that a seeded CPU generator gives the same noise on every device.
 """
 
 from __future__ import annotations
@@ -206,7 +206,8 @@ class DiffusionSampler:
 
     def training_target(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Return the `prediction_type` target for x_t = add_noise(x0, noise, timesteps)."""
-        alpha_bar = schedule.expand_to(self.alphas_cumprod[timesteps.cpu()], x0).to(x0)
+        table = self.alphas_cumprod.to(x0)
+        alpha_bar = schedule.expand_to(table[timesteps.to(x0.device)], x0)
         return schedule.training_target(x0, noise, alpha_bar, self.config.prediction_type)
 
     def _timestep(self, t: int | Tensor) -> int:
@@ -280,19 +281,19 @@ class DDPMSampler(DiffusionSampler):
     def __init__(self, config: DDPMConfig | None = None, **overrides: object) -> None:
         config = DDPMConfig() if config is None else config
         super().__init__(dataclasses.replace(config, **overrides))
-        self._previous = {}
+        self._previous_timesteps = {}
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         super().set_timesteps(num_inference_steps)
         listed = self.timesteps.tolist()
-        self._previous = dict(zip(listed, listed[1:] + [-1], strict=True))
+        self._previous_timesteps = dict(zip(listed, listed[1:] + [-1], strict=True))
 
     def previous_timestep(self, t: int) -> int:
-        if not self._previous:
+        if not self._previous_timesteps:
             return t - 1
-        if t not in self._previous:
+        if t not in self._previous_timesteps:
             raise ValueError(f"t={t} is not one of the timesteps that set_timesteps chose")
-        return self._previous[t]
+        return self._previous_timesteps[t]
 
     def step(
         self,

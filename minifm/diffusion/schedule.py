@@ -121,8 +121,9 @@ def add_noise(x0: Tensor, noise: Tensor, alphas_cumprod: Tensor, timesteps: Tens
     x0 and noise have shape (B, ...), timesteps has shape (B,) or is a scalar, and
     `alphas_cumprod` (T,) is the table of the schedule. Returns x_t, shape (B, ...).
     """
-    timesteps = torch.as_tensor(timesteps, device=alphas_cumprod.device).long()
-    alpha_bar = expand_to(alphas_cumprod[timesteps], x0).to(device=x0.device, dtype=x0.dtype)
+    table = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)
+    timesteps = torch.as_tensor(timesteps, device=x0.device).long()
+    alpha_bar = expand_to(table[timesteps], x0)
     return alpha_bar.sqrt() * x0 + (1.0 - alpha_bar).sqrt() * noise
 
 
