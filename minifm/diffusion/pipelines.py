@@ -170,8 +170,8 @@ def image_to_image(
     steps_run = round(strength * total)
     if steps_run == 0:
         raise ValueError(
-            f"strength={strength} with {total} inference steps runs no step; "
-            f"use strength >= {0.5 / total:.3g} or more steps"
+            f"strength={strength} with {total} inference steps runs no step. "
+            f"Use strength > {0.5 / total:.3g} or more inference steps."
         )
     timesteps = sampler.timesteps[total - steps_run :]
 
@@ -221,7 +221,8 @@ def inpaint(
     The chain starts from pure noise. Before the first step and after every step, the known
     region is replaced by the image noised to the sample's current timestep with fresh noise
     (the replacement method, as in RePaint by Lugmayr et al. 2022, without resampling). After
-    the last step the known region is the image itself. `mask` broadcasts to the image shape.
+    the last step the known region is the image itself. `mask` broadcasts to the image shape,
+    and values between 0 and 1 blend the two regions.
     """
     mask = _check_mask(mask, image)
     if num_inference_steps is not None:
