@@ -311,6 +311,39 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_results(results: dict, head_dim: int, causal: bool = False):
+    """Plot TFLOP/s and peak memory per sequence against N for each backend and mode."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r["head_dim"] == head_dim and r["causal"] == causal]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [("forward", "tflops"), ("forward+backward", "tflops"), ("forward+backward", "peak")]
+    for ax, (mode, quantity) in zip(axes, panels, strict=True):
+        for backend in BACKENDS:
+            points = [r for r in rows if r["backend"] == backend and r["mode"] == mode]
+            points = [r for r in points if r["ms"] is not None]
+            if not points:
+                continue
+            lengths = [r["seq_len"] for r in points]
+            if quantity == "tflops":
+                values = [r["tflops"] for r in points]
+            else:
+                values = [r["peak_mib"] / r["batch"] for r in points]
+            ax.plot(lengths, values, marker="o", label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length N")
+        if quantity == "tflops":
+            ax.set_title(f"{mode}: TFLOP/s")
+        else:
+            ax.set_yscale("log", base=2)
+            ax.set_title(f"{mode}: peak MiB per sequence")
+        ax.legend()
+    env = results["environment"]
+    fig.suptitle(f"{env['device_name']}, {env['dtype']}, Dh = {head_dim}, causal = {causal}")
+    fig.tight_layout()
+    return fig
+
+
 def environment(device: torch.device, dtype: str) -> dict:
     import triton
 
