@@ -187,3 +187,12 @@ class MultiHeadAttention(nn.Module):
         with torch.no_grad():
             weights = attention_weights(q, k, causal=causal, mask=mask)  # (B, H, N, Nk)
         return out, weights
+
+
+def set_attention_backend(module: nn.Module, backend: str) -> nn.Module:
+    """Switch every `MultiHeadAttention` inside `module` to `backend`; return `module`."""
+    resolve_backend(backend, torch.device("cpu"))
+    for layer in module.modules():
+        if isinstance(layer, MultiHeadAttention):
+            layer.backend = backend
+    return module
