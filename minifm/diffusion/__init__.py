@@ -38,3 +38,4 @@ __all__ = [
 ]
 
 # Models built on the samplers: each import line extends __all__ with its names.
+from minifm.diffusion.unet import UNet as UNet
