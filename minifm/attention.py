@@ -9,9 +9,9 @@ Every backend takes `q` of shape (B, H, Nq, Dh) and `k`, `v` of shape (B, H, Nk,
 - `"triton"`: minifm's own fused kernel (`minifm.kernels`), forward and backward.
 
 `mask` is boolean and broadcastable to (B, H, Nq, Nk); True marks the keys a query may attend
-to. With `causal=True`, query i attends to keys j <= i + (Nk - Nq), the alignment of
-`scaled_dot_product_attention(is_causal=True)` (the last query sees every key). A query row
-with no key to attend to returns zeros, in every backend, instead of NaN.
+to. With `causal=True`, query i attends to keys j <= i, the top-left alignment of
+`scaled_dot_product_attention(is_causal=True)`, also when Nq != Nk. A query row with no key to
+attend to returns zeros, in every backend, instead of NaN.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ BACKENDS = ("auto", "math", "sdpa", "triton")
 
 
 def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> Tensor:
-    """Return the (Nq, Nk) boolean mask of keys each query may see, aligned bottom-right."""
+    """Return the (Nq, Nk) boolean mask of keys each query may see: key j <= query i."""
     rows = torch.arange(n_queries, device=device)[:, None]
     cols = torch.arange(n_keys, device=device)[None, :]
-    return cols <= rows + (n_keys - n_queries)
+    return cols <= rows
 
 
 def key_padding_mask(lengths: Tensor, n_keys: int) -> Tensor:
@@ -74,9 +74,9 @@ def _math(q, k, v, causal, mask, scale):
 
 
 def _sdpa(q, k, v, causal, mask, scale):
+    if mask is None:  # no explicit mask, so PyTorch may pick its flash or memory-efficient kernel
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     mask = combined_mask(q, k, causal, mask)
-    if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     # PyTorch returns NaN for a row with no allowed key: open such rows, then zero them.
     any_key = mask.any(dim=-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~any_key, scale=scale)

@@ -27,13 +27,24 @@ def test_math_and_sdpa_agree(causal, lengths):
     torch.testing.assert_close(math_out, sdpa_out, atol=TOLERANCE, rtol=0)
 
 
-def test_causal_alignment_matches_pytorch_for_unequal_lengths():
-    q, k, v = qkv(Nq=4, Nk=9)
+@pytest.mark.parametrize("lengths", [(4, 9), (9, 4)])
+def test_causal_alignment_matches_pytorch_is_causal(lengths):
+    q, k, v = qkv(Nq=lengths[0], Nk=lengths[1])
+    reference = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     ours = attend(q, k, v, causal=True, backend="math")
-    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(4, 9))
     torch.testing.assert_close(ours, reference, atol=TOLERANCE, rtol=0)
-    assert causal_mask(4, 9)[-1].all(), "the last query must see every key"
-    assert causal_mask(4, 9)[0].sum() == 6
+    mask = causal_mask(*lengths)
+    assert mask[0].sum() == 1, "the first query sees only the first key"
+    assert mask[3].sum() == 4
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_causal_with_padding_mask_combines_both(backend):
+    q, k, v = qkv(Nq=6, Nk=6)
+    padding = key_padding_mask(torch.tensor([6, 4]), 6)
+    ours = attend(q, k, v, causal=True, mask=padding, backend=backend)
+    reference = F.scaled_dot_product_attention(q, k, v, attn_mask=padding & causal_mask(6, 6))
+    torch.testing.assert_close(ours, reference, atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])

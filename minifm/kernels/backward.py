@@ -71,7 +71,7 @@ def _backward_kv_kernel(
     # Causal: queries before the first key's diagonal see none of this tile, so start after.
     query_start = 0
     if CAUSAL:
-        query_start = tl.maximum(0, tl.program_id(0) * BLOCK_N - (N_K - N_Q))
+        query_start = tl.program_id(0) * BLOCK_N
     for start_m in range(query_start, N_Q, BLOCK_M):
         rows = start_m + tl.arange(0, BLOCK_M)
         q = load_rows(q_ptr, q_stride_n, rows, N_Q, cols, HEAD_DIM)  # (BLOCK_M, Dh)
@@ -131,7 +131,7 @@ def _backward_q_kernel(
     # Causal: keys past the last row's diagonal are hidden from the whole tile, so stop there.
     key_end = N_K
     if CAUSAL:
-        key_end = tl.minimum(N_K, (tl.program_id(0) + 1) * BLOCK_M + (N_K - N_Q))
+        key_end = tl.minimum(N_K, (tl.program_id(0) + 1) * BLOCK_M)
     for start_n in range(0, key_end, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         k = load_rows(k_ptr, k_stride_n, keys, N_K, cols, HEAD_DIM)  # (BLOCK_N, Dh)

@@ -149,11 +149,11 @@ def allowed_pairs(
     """Return which (query, key) pairs may attend, broadcasting the two index tensors.
 
     Pass (M, 1) and (1, N) indices for a score tile, or (1, M) and (N, 1) for its transpose.
-    Causal attention is aligned bottom-right: query i attends to keys j <= i + (N_K - N_Q).
+    Causal attention is aligned top-left, as PyTorch's `is_causal=True`: query i sees keys j <= i.
     """
     allowed = (query_index < N_Q) & (key_index < N_K)
     if CAUSAL:
-        allowed = allowed & (key_index <= query_index + (N_K - N_Q))
+        allowed = allowed & (key_index <= query_index)
     if HAS_KEY_MASK:
         key_valid = tl.load(key_mask_ptr + key_index, mask=key_index < N_K, other=0)
         allowed = allowed & (key_valid != 0)

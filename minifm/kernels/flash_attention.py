@@ -7,10 +7,9 @@ Supported inputs, checked at the call:
   so 16, 32, 64 and 128 run without padding.
 - float32, float16 or bfloat16 (all three the same), accumulated in float32. On a GPU,
   float32 products run in full IEEE precision, not TF32.
-- Causal attention aligned bottom-right, as `minifm.attention.causal_mask` and
-  `torch.nn.attention.bias.causal_lower_right`: query i attends to keys j <= i + (Nk - Nq).
-  This differs from `scaled_dot_product_attention(is_causal=True)` when Nq != Nk, because
-  that aligns top-left (query i attends to keys j <= i; checked with torch 2.13).
+- Causal attention aligned as `scaled_dot_product_attention(is_causal=True)` and
+  `minifm.attention.causal_mask`: query i attends to keys j <= i (top-left), also when
+  Nq != Nk. `torch.nn.attention.bias.causal_lower_right` is the other, bottom-right convention.
 - Key padding only: a boolean mask that depends on the batch and key index alone, or
   per-sample valid key counts. A query row with no key to attend to returns zeros and gets zero
   gradients.

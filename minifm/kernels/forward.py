@@ -67,7 +67,7 @@ def _forward_kernel(
     # Causal: keys past the last row's diagonal are hidden from the whole tile, so stop there.
     key_end = N_K
     if CAUSAL:
-        key_end = tl.minimum(N_K, (tl.program_id(0) + 1) * BLOCK_M + (N_K - N_Q))
+        key_end = tl.minimum(N_K, (tl.program_id(0) + 1) * BLOCK_M)
     for start_n in range(0, key_end, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         k = load_rows(k_ptr, k_stride_n, keys, N_K, cols, HEAD_DIM)  # (BLOCK_N, Dh)
