@@ -41,7 +41,7 @@ def save_tensors(
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read every tensor and the metadata header of a safetensors file."""
     with safe_open(str(path), framework="pt") as file:
-        tensors = {name: file.get_tensor(name) for name in file.keys()}
+        tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118
         return tensors, dict(file.metadata() or {})
 
 
@@ -59,7 +59,7 @@ def check_keys(expected: Iterable[str], found: Iterable[str], source: str) -> No
 def load_state_dict_strict(
     module: nn.Module, state_dict: Mapping[str, Tensor], source: str
 ) -> None:
-    """Load every tensor of `state_dict` into `module`, rejecting missing, extra or misshapen ones."""
+    """Load every tensor of `state_dict` into `module`; reject missing, extra or misshapen ones."""
     own = module.state_dict()
     check_keys(own, state_dict, source)
     wrong = {

@@ -1,4 +1,4 @@
-"""Building blocks shared by the models: patch embedding, position embeddings, MLP, transformer block.
+"""Blocks shared by the models: patch embedding, position embeddings, MLP, transformer block.
 
 An image (B, C, Hi, Wi) becomes a sequence of Gh * Gw patch tokens by cutting it into P x P
 patches and projecting each one linearly (Dosovitskiy et al. 2021, eq. 1). A convolution with
@@ -24,7 +24,7 @@ def pair(value: int | tuple[int, int]) -> tuple[int, int]:
 def patch_grid(
     image_size: int | tuple[int, int], patch_size: int | tuple[int, int]
 ) -> tuple[int, int]:
-    """Return the (Gh, Gw) patch grid of an image, rejecting sizes the patch size does not divide."""
+    """Return the (Gh, Gw) patch grid of an image; reject sizes the patch size does not divide."""
     (height, width), (ph, pw) = pair(image_size), pair(patch_size)
     if height % ph or width % pw:
         raise ValueError(
