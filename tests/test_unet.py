@@ -16,7 +16,7 @@ from minifm.diffusion.training import (
 )
 from minifm.diffusion.unet import UNet, UNetConfig
 from minifm.hf import from_diffusers
-from minifm.hf.unet import unet_config_from_diffusers
+from minifm.hf.unet import unet_config_from_diffusers, unet_to_diffusers
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -141,6 +141,24 @@ def test_digits_preset_has_the_reference_layout():
     preset = UNet(UNetConfig.digits()).state_dict()
     assert {k: v.shape for k, v in preset.items()} == {k: v.shape for k, v in converted.items()}
     assert sum(p.numel() for p in preset.values()) == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize("name", ["digits_preset", "sin_first_shifted_frequencies"])
+def test_unet_to_diffusers_matches(name):
+    torch.manual_seed(0)
+    config = unet_config_from_diffusers(
+        SimpleNamespace(**diffusers_unet(**PARITY_CONFIGS[name]).config)
+    )
+    ours = UNet(config).eval()
+    theirs = unet_to_diffusers(ours)
+    size = config.sample_size or 8
+    sample, timesteps = torch.randn(2, config.in_channels, size, size), torch.tensor([3, 800])
+    labels = torch.tensor([1, 2]) if config.num_class_embeds else None
+    with torch.no_grad():
+        expected = ours(sample, timesteps, labels)
+        actual = theirs(sample, timesteps, class_labels=labels).sample
+    assert type(theirs).__name__ == "UNet2DModel"
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dim", [7, 16])

@@ -1,4 +1,4 @@
-"""Convert diffusers' `UNet2DModel` into `minifm.diffusion.unet.UNet`.
+"""Convert diffusers' `UNet2DModel` into `minifm.diffusion.unet.UNet`, and back.
 
 The converter reads every field of the diffusers config that changes the computation. It
 raises ValueError for the options minifm's UNet does not implement. These are Fourier or
@@ -9,8 +9,9 @@ other than SiLU.
 
 from __future__ import annotations
 
+from minifm.checkpoint import check_keys
 from minifm.diffusion.unet import ACT_FNS, UNet, UNetConfig
-from minifm.hf.common import load_converted, reject_unsupported
+from minifm.hf.common import load_converted, reject_unsupported, rename_keys
 
 LEVEL = r"^((?:down|up)_blocks\.\d+)"
 MID_ATTENTION = r"^mid_block\.attentions\.0\."
@@ -84,3 +85,50 @@ def unet_from_diffusers(model, **overrides) -> UNet:
     """
     ours = UNet(unet_config_from_diffusers(model.config, **overrides))
     return load_converted(ours, model.state_dict(), UNET_RULES, "UNet2DModel state dict")
+
+
+# UNetConfig fields that UNet2DModel takes under the same name and meaning.
+SHARED_FIELDS = (
+    "sample_size",
+    "in_channels",
+    "out_channels",
+    "center_input_sample",
+    "flip_sin_to_cos",
+    "freq_shift",
+    "time_embedding_dim",
+    "down_block_types",
+    "up_block_types",
+    "mid_block_type",
+    "block_out_channels",
+    "layers_per_block",
+    "mid_block_scale_factor",
+    "downsample_padding",
+    "dropout",
+    "act_fn",
+    "attention_head_dim",
+    "norm_num_groups",
+    "attn_norm_num_groups",
+    "norm_eps",
+    "resnet_time_scale_shift",
+    "add_attention",
+    "num_class_embeds",
+)
+
+
+def unet_to_diffusers(unet: UNet):
+    """Build a diffusers `UNet2DModel` equal to a minifm UNet, with its weights, in eval mode.
+
+    The null class has no counterpart in diffusers' config: it is the last row of the class
+    table, so a diffusers pipeline passes that index as the unconditional label.
+    """
+    from diffusers import UNet2DModel
+
+    config = unet.config
+    model = UNet2DModel(**{name: getattr(config, name) for name in SHARED_FIELDS})
+    their_names = list(model.state_dict())
+    our_names = list(rename_keys(dict.fromkeys(their_names), UNET_RULES))
+    to_theirs = dict(zip(our_names, their_names, strict=True))
+    ours = unet.state_dict()
+    check_keys(to_theirs, ours, "minifm UNet state dict")
+    model.load_state_dict({to_theirs[name]: tensor for name, tensor in ours.items()})
+    return model.eval()
