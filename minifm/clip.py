@@ -83,17 +83,17 @@ class CLIPConfig:
 
     @classmethod
     def scenes(cls, vocab_size: int, eos_token_id: int, context_length: int) -> CLIPConfig:
-        """A CLIP small enough to train on 32 x 32 scenes on a laptop CPU in minutes.
+        """Return a CLIP small enough to train on 32 x 32 scenes on a laptop CPU in minutes.
 
-        Image tower: 8 x 8 patches (16 tokens and a class token), width 128, depth 4. Text
-        tower: width 128, depth 2. Shared embedding of width 64.
+        Image tower: 8 x 8 patches (16 tokens and a class token), width 64, depth 3. Text
+        tower: width 64, depth 2. Shared embedding of width 64.
         """
         text = CLIPTextConfig(
             vocab_size=vocab_size,
-            hidden_size=128,
+            hidden_size=64,
             num_hidden_layers=2,
             num_attention_heads=4,
-            intermediate_size=256,
+            intermediate_size=128,
             max_position_embeddings=context_length,
             hidden_act="gelu",
             eos_token_id=eos_token_id,
@@ -101,10 +101,10 @@ class CLIPConfig:
         vision = ViTConfig(
             image_size=32,
             patch_size=8,
-            hidden_size=128,
-            num_hidden_layers=4,
+            hidden_size=64,
+            num_hidden_layers=3,
             num_attention_heads=4,
-            intermediate_size=256,
+            intermediate_size=128,
             layer_norm_eps=1e-5,
         )
         return cls(text, vision, projection_dim=64)
@@ -337,7 +337,7 @@ class ZeroShotClassifier:
 
     def embed_class(self, tokenizer, name: str) -> Tensor:
         """Return the ensembled, unit-length embedding (E,) of one class name."""
-        batch = tokenizer([template.format(name) for template in self.templates])
+        batch = tokenizer([template.format(name) for template in self.templates], padding="longest")
         prompts = self.model.encode_text(batch.input_ids, batch.attention_mask, normalize=True)
         return F.normalize(prompts.mean(dim=0), dim=-1)
 

@@ -337,13 +337,26 @@ def _sample_scene(config: SceneConfig, pairs: list[tuple[str, str]], rng) -> dic
     return {"shapes": shapes, "relation": relation, "centres": centres}
 
 
+def _pixel_range(centre: float, extent: float, size: int) -> tuple[int, int]:
+    """Return the [start, stop) pixels of a size-pixel axis within `extent` of `centre`."""
+    start = max(0, int(np.floor((centre - extent) * size)))
+    return start, min(size, int(np.ceil((centre + extent) * size)))
+
+
 def _coverage(shape: str, centre: np.ndarray, radius: float, size: int) -> Tensor:
-    """Fraction of each pixel of a size x size image that the shape covers, (Hi, Wi)."""
+    """Return the fraction of each pixel of a size x size image that the shape covers, (Hi, Wi).
+
+    Only the pixels of the shape's bounding box are sampled. Every other pixel is 0.
+    """
+    (x0, x1), (y0, y1) = (_pixel_range(c, MAX_EXTENT * radius, size) for c in centre)
     fine = size * SUPERSAMPLE
-    coords = (torch.arange(fine, dtype=torch.float32) + 0.5) / fine  # pixel centres in [0, 1]
-    dy, dx = torch.meshgrid(coords - float(centre[1]), coords - float(centre[0]), indexing="ij")
-    inside = SHAPES[shape](dx, dy, torch.tensor(radius)).float()  # (fine, fine)
-    return inside.view(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(dim=(1, 3))
+    xs = (torch.arange(x0 * SUPERSAMPLE, x1 * SUPERSAMPLE) + 0.5) / fine - float(centre[0])
+    ys = (torch.arange(y0 * SUPERSAMPLE, y1 * SUPERSAMPLE) + 0.5) / fine - float(centre[1])
+    dy, dx = torch.meshgrid(ys, xs, indexing="ij")  # offsets from the centre, as image fractions
+    inside = SHAPES[shape](dx, dy, torch.tensor(radius)).float()
+    coverage = torch.zeros(size, size)
+    coverage[y0:y1, x0:x1] = inside.view(y1 - y0, SUPERSAMPLE, x1 - x0, SUPERSAMPLE).mean((1, 3))
+    return coverage
 
 
 def render_scene(config: SceneConfig, scene: dict) -> tuple[Tensor, Tensor]:
