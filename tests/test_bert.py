@@ -147,3 +147,13 @@ def test_bert_rejects_token_ids_outside_the_vocabulary_and_long_inputs():
         encoder.encode(torch.tensor([[1, 10]]))
     with pytest.raises(ValueError, match="context length"):
         encoder.encode(torch.ones(1, 7, dtype=torch.long))
+
+
+def test_wordpiece_tokenizer_rejects_long_text_unless_truncated(minilm):
+    _, _, tokenizer = minilm
+    long_text = "a red circle " * 20
+    with pytest.raises(ValueError, match="truncation=True"):
+        tokenizer([long_text])
+    batch = tokenizer([long_text], truncation=True)
+    assert batch.input_ids.shape == (1, 32)
+    assert batch.input_ids[0, -1] == tokenizer.tokenizer.sep_token_id

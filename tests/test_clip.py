@@ -290,3 +290,57 @@ def test_a_tiny_clip_learns_colour_names_from_captions():
     after = (classifier(model).predict(test.images) == test.colours[:, 0]).float().mean()
     assert before < 0.6
     assert after > 0.9
+
+
+def test_cached_clip_loads_from_a_local_folder_and_matches_transformers(tmp_path):
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    from minifm.hf.bert import minilm_folder
+    from minifm.hf.clip import load_cached_clip
+
+    config = HFCLIPConfig(
+        text_config=dict(
+            vocab_size=30522,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            eos_token_id=102,
+        ),
+        vision_config=dict(
+            image_size=16,
+            patch_size=8,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        ),
+        projection_dim=8,
+    )
+    torch.manual_seed(0)
+    reference = CLIPModel(config).eval()
+    reference.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(tmp_path)  # [SEP] is id 102
+    CLIPImageProcessor(
+        size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}
+    ).save_pretrained(tmp_path)
+
+    model, tokenizer, preprocess = load_cached_clip(str(tmp_path))
+    pixel_values = preprocess(torch.rand(2, 3, 40, 30))
+    batch = tokenizer(["a cat", "a red dog on a mat"], padding="longest")
+    with torch.no_grad():
+        expected = reference(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=pixel_values,
+        ).logits_per_image
+        logits = model(pixel_values, batch.input_ids, batch.attention_mask)
+    assert pixel_values.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(logits, expected, atol=TOLERANCE, rtol=0)
+
+
+def test_cached_clip_returns_none_for_a_checkpoint_not_in_the_cache():
+    from minifm.hf.clip import load_cached_clip
+
+    assert load_cached_clip("minifm-tests/no-such-checkpoint") is None
