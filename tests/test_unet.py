@@ -5,12 +5,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from minifm.diffusion import DDPMSampler
 from minifm.diffusion.blocks import timestep_embedding
 from minifm.diffusion.training import (
     DDPMRecipe,
     diffusion_loss,
     drop_labels,
     load_ddpm,
+    min_snr_weights,
     save_ddpm,
     train_class_conditional_ddpm,
 )
@@ -336,6 +338,28 @@ def test_drop_labels_replaces_about_the_requested_share():
     share = (dropped == 10).float().mean().item()
     assert set(dropped.unique().tolist()) == {0, 10}
     assert abs(share - 0.1) < 0.01  # 10 standard deviations of a binomial share at n = 10,000
+
+
+def test_min_snr_weights_cap_high_snr_timesteps():
+    alpha_bar = torch.tensor([0.5, 5 / 6, 0.99])  # SNR 1, 5 and 99
+    epsilon = min_snr_weights(alpha_bar, 5.0, "epsilon")
+    torch.testing.assert_close(epsilon, torch.tensor([1.0, 1.0, 5 / 99]))
+    velocity = min_snr_weights(alpha_bar, 5.0, "v_prediction")
+    torch.testing.assert_close(velocity, torch.tensor([1 / 2, 5 / 6, 5 / 100]))
+    sample = min_snr_weights(alpha_bar, 5.0, "sample")
+    torch.testing.assert_close(sample, torch.tensor([1.0, 5.0, 5.0]))
+
+
+def test_min_snr_loss_without_cap_is_plain_loss():
+    torch.manual_seed(0)
+    model = UNet(small_config(num_class_embeds=11)).eval()
+    ddpm = DDPMSampler(DDPMRecipe().schedule)
+    x0, labels = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 1, 2, 10])
+    torch.manual_seed(1)
+    plain = diffusion_loss(model, x0, labels, ddpm, class_dropout=0.0)
+    torch.manual_seed(1)
+    uncapped = diffusion_loss(model, x0, labels, ddpm, class_dropout=0.0, min_snr_gamma=1e9)
+    torch.testing.assert_close(uncapped, plain, atol=1e-6, rtol=1e-5)
 
 
 def test_training_recipe_lowers_loss_and_saves(tmp_path):
