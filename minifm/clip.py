@@ -7,7 +7,8 @@
 The text tower is a causal pre-norm transformer whose output at the end-of-text token is the
 sequence's feature (Sec. 2.4). The image tower is minifm's ViT with one LayerNorm before the
 blocks, and its class token passes the ViT's final LayerNorm. exp(t) is clamped at
-`logit_scale_max` (100 in the paper, Sec. 2.5). The clamp cuts the gradient, so t stops rising.
+`logit_scale_max` (100 in the paper, Sec. 2.5). Above the clamp the gradient of t is zero, so t
+stops changing.
 
 Any module with a `hidden_size` attribute and `encode(input_ids, attention_mask)` returning
 (B, D) can replace the text tower, for example a pretrained `minifm.bert.SentenceEncoder`.
@@ -66,7 +67,11 @@ def _clip_vision_config() -> ViTConfig:
 
 @dataclass
 class CLIPConfig:
-    """Both towers and the shared embedding. The defaults are `openai/clip-vit-base-patch32`."""
+    """Both towers and the shared embedding.
+
+    The defaults are the architecture of `openai/clip-vit-base-patch32`. That checkpoint's own
+    config sets `eos_token_id=2`, the rule of early checkpoints, and the converter reads it.
+    """
 
     text_config: CLIPTextConfig = field(default_factory=CLIPTextConfig)
     vision_config: ViTConfig = field(default_factory=_clip_vision_config)
@@ -114,9 +119,10 @@ def init_clip_blocks(blocks: nn.ModuleList, width: int) -> None:
     """Initialise transformer blocks as OpenAI's CLIP code does, scaled by width and depth.
 
     Queries, keys and values get std width^-1/2, the first MLP layer (2 width)^-1/2, and the two
-    projections back into the residual stream width^-1/2 (2 depth)^-1/2. With the usual 0.02,
-    a small text tower starts out mapping every caption of one length to almost the same feature,
-    and a contrastive loss then takes much longer to learn the attributes that are hard to see.
+    projections back into the residual stream width^-1/2 (2 depth)^-1/2. With a flat std of 0.02,
+    the text tower of `CLIPConfig.scenes` starts out giving different captions of one length
+    features with a cosine similarity near 0.96, and a contrastive loss then takes much longer
+    to learn the attributes that are hard to see.
     """
     residual_std = width**-0.5 * (2 * len(blocks)) ** -0.5
     for block in blocks:
@@ -257,7 +263,11 @@ class CLIP(nn.Module):
         return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
 
     def encode_image(
-        self, pixel_values: Tensor, *, normalize: bool = False, interpolate_pos_encoding=False
+        self,
+        pixel_values: Tensor,
+        *,
+        normalize: bool = False,
+        interpolate_pos_encoding: bool = False,
     ) -> Tensor:
         """Map images (B, C, Hi, Wi) to embeddings (B, E), unit length with `normalize`."""
         features = self.visual_projection(self.vision(pixel_values, interpolate_pos_encoding))

@@ -1,7 +1,8 @@
-"""Data that needs no download: scikit-learn's digits and scikit-image's photographs and faces.
+"""Data that needs no download: scikit-learn's digits, scikit-image's photographs and faces,
+and generated scenes of coloured shapes with captions and masks.
 
 Images are float32 tensors (N, C, Hi, Wi) with values in [0, 1]. Splits are stratified by
-label and seeded, so every notebook sees the same train and test images.
+label and seeded, so every notebook sees the same train and test images. Scenes are seeded too.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ COLOURS = {
     "white": (0.95, 0.95, 0.95),
 }
 SIZES = {"small": 0.14, "large": 0.22}  # shape radius as a fraction of the image side
-MAX_EXTENT = 1.2  # no shape reaches further than 1.2 radii from its centre (the triangle's apex)
+MAX_EXTENT = 1.2  # no shape extends more than 1.2 radii from its centre along x or y
 # Where a lone shape sits, as (x, y) fractions of the image side, and how its caption says it.
 POSITIONS = {
     "left": ((0.27, 0.50), "on the left"),
@@ -141,7 +142,8 @@ POSITIONS = {
     "bottom": ((0.50, 0.73), "at the bottom"),
     "centre": ((0.50, 0.50), "in the centre"),
 }
-# Two shapes sit side by side or one above the other; the caption relates the first to the second.
+# Two shapes sit side by side or one above the other, and the caption relates the first to the
+# second: (position of the first, position of the second, phrase).
 RELATIONS = {
     "left of": ("left", "right", "to the left of"),
     "right of": ("right", "left", "to the right of"),
@@ -313,7 +315,7 @@ def caption_scene(
 
 
 def _layout(config: SceneConfig, count: int, rng) -> tuple[list[str], str | None, np.ndarray]:
-    """Choose positions names, a relation (two shapes only) and jittered (x, y) centres."""
+    """Choose position names, a relation (two shapes only) and jittered (x, y) centres."""
     if count == 1:
         names, relation = [str(rng.choice(list(POSITIONS)))], None
     else:

@@ -35,7 +35,7 @@ PADDINGS = ("max_length", "longest")
 
 @dataclass
 class TokenBatch:
-    """Padded token ids and the mask of real tokens, both (B, N) int64; mask 1 = token, 0 = pad."""
+    """Padded token ids and the mask of real tokens, both (B, N) int64. The mask is 0 at padding."""
 
     input_ids: Tensor
     attention_mask: Tensor
@@ -47,7 +47,7 @@ class TokenBatch:
 def validate_input_ids(
     input_ids: Tensor, attention_mask: Tensor | None, vocab_size: int, max_length: int
 ) -> None:
-    """Raise if token ids (B, N) are not integers, longer than `max_length` or out of vocabulary."""
+    """Raise if token ids (B, N) are not integers, exceed `max_length` or leave the vocabulary."""
     if input_ids.ndim != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
         raise TypeError(
             f"input_ids must be an integer tensor of shape (batch, tokens); got dtype "

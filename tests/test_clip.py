@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import CLIPConfig as HFCLIPConfig
 from transformers import CLIPModel
 
@@ -344,3 +345,25 @@ def test_cached_clip_returns_none_for_a_checkpoint_not_in_the_cache():
     from minifm.hf.clip import load_cached_clip
 
     assert load_cached_clip("minifm-tests/no-such-checkpoint") is None
+
+
+def test_clip_initialisation_keeps_captions_apart_where_a_flat_one_does_not():
+    from minifm.clip import CLIPTextTransformer
+    from minifm.nn import init_weights
+
+    captions = ["a red circle", "a red square", "a blue triangle", "a green cross"]
+    tokenizer = BPETokenizer.train(captions * 3, vocab_size=560, context_length=CONTEXT)
+    config = CLIPConfig.scenes(tokenizer.vocab_size, tokenizer.eos_token_id, CONTEXT).text_config
+    batch = tokenizer(captions, padding="longest")
+    off_diagonal = ~torch.eye(len(captions), dtype=torch.bool)
+
+    def mean_similarity(tower):
+        with torch.no_grad():
+            features = F.normalize(tower.encode(batch.input_ids, batch.attention_mask), dim=-1)
+        return (features @ features.T)[off_diagonal].mean()
+
+    torch.manual_seed(0)
+    tower = CLIPTextTransformer(config)
+    assert mean_similarity(tower) < 0.8
+    init_weights(tower)  # a flat std of 0.02 everywhere
+    assert mean_similarity(tower) > 0.9

@@ -146,11 +146,12 @@ def load_cached_clip(
     checkpoint is neither a folder nor in the cache.
     """
     from huggingface_hub import try_to_load_from_cache
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     local = os.path.isdir(name_or_path)
     if not local and not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
         return None
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
     model = CLIPModel.from_pretrained(name_or_path, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
     processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=True)
