@@ -80,7 +80,7 @@ class MAEConfig:
 
     @classmethod
     def base(cls, **overrides) -> MAEConfig:
-        """ViT-B/16 MAE at 224 x 224, the configuration of `facebook/vit-mae-base`."""
+        """ViT-B/16 at 224 x 224 with the paper's default decoder: 8 blocks of width 512."""
         return cls(**{"encoder": ViTConfig.base(num_labels=0), **overrides})
 
 
@@ -156,7 +156,9 @@ def random_masking(
     return visible, mask, ids_restore
 
 
-def mask_to_pixels(mask: Tensor, patch_size: int | tuple[int, int], grid_size: tuple[int, int]):
+def mask_to_pixels(
+    mask: Tensor, patch_size: int | tuple[int, int], grid_size: tuple[int, int]
+) -> Tensor:
     """Spread a patch mask (B, N) over the pixels of its patches: (B, 1, Gh * P, Gw * P)."""
     ph, pw = pair(patch_size)
     grid = rearrange(mask, "b (gh gw) -> b 1 gh gw", gh=grid_size[0], gw=grid_size[1])
