@@ -119,10 +119,10 @@ def init_clip_blocks(blocks: nn.ModuleList, width: int) -> None:
     """Initialise transformer blocks as OpenAI's CLIP code does, scaled by width and depth.
 
     Queries, keys and values get std width^-1/2, the first MLP layer (2 width)^-1/2, and the two
-    projections back into the residual stream width^-1/2 (2 depth)^-1/2. With a flat std of 0.02,
-    the text tower of `CLIPConfig.scenes` starts out giving different captions of one length
-    features with a cosine similarity near 0.96, and a contrastive loss then takes much longer
-    to learn the attributes that are hard to see.
+    projections back into the residual stream width^-1/2 (2 depth)^-1/2. With a flat std of 0.02
+    instead, the text tower of `CLIPConfig.scenes` starts out giving different captions of one
+    length features with a cosine similarity near 0.96. A contrastive loss then takes much
+    longer to learn the attributes that are hard to see.
     """
     residual_std = width**-0.5 * (2 * len(blocks)) ** -0.5
     for block in blocks:

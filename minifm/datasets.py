@@ -134,7 +134,7 @@ COLOURS = {
 }
 SIZES = {"small": 0.14, "large": 0.22}  # shape radius as a fraction of the image side
 MAX_EXTENT = 1.2  # no shape extends more than 1.2 radii from its centre along x or y
-# Where a lone shape sits, as (x, y) fractions of the image side, and how its caption says it.
+# Where a lone shape sits, as (x, y) fractions of the image side, and its caption phrase.
 POSITIONS = {
     "left": ((0.27, 0.50), "on the left"),
     "right": ((0.73, 0.50), "on the right"),
@@ -186,7 +186,7 @@ SHAPES = {
 
 @dataclass
 class SceneConfig:
-    """What a scene may contain, and which (shape, colour) pairs are held out of training.
+    """Contents of the scenes, and the (shape, colour) pairs held out of training.
 
     `held_out` pairs never appear in scenes generated with `combinations="seen"`, and are the only
     pairs in scenes generated with `combinations="unseen"`.
@@ -253,7 +253,7 @@ class Scenes:
     """Rendered scenes and their ground truth. K is the maximum number of shapes in a scene.
 
     Label tensors index into the `SceneConfig` lists (`shapes`, `colours`, `sizes`) and into
-    `POSITIONS`; a scene with fewer than K shapes has -1 labels and an empty mask in the unused
+    `POSITIONS`. A scene with fewer than K shapes has -1 labels and an empty mask in the unused
     slots. `relations` indexes `RELATIONS` for two-shape scenes and is -1 for one-shape scenes.
     """
 

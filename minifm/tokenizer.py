@@ -139,7 +139,7 @@ class BPETokenizer:
     def train(
         cls, corpus: Iterable[str], vocab_size: int, context_length: int = 32
     ) -> BPETokenizer:
-        """Learn merges from `corpus` until the vocabulary holds `vocab_size` tokens (or fewer)."""
+        """Learn merges from `corpus` until the vocabulary has `vocab_size` tokens (or fewer)."""
         fixed = 1 + len(BYTE_SYMBOLS) + 2
         if vocab_size <= fixed:
             raise ValueError(

@@ -131,7 +131,7 @@ def test_mean_pool_averages_only_real_tokens():
     assert torch.equal(mean_pool(hidden, mask), hidden[:, :2].mean(dim=1))
 
 
-def test_bert_rejects_token_ids_outside_the_vocabulary_and_long_inputs():
+def test_bert_rejects_bad_token_ids():
     bert = Bert(
         BertConfig(
             vocab_size=10,

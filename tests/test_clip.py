@@ -154,7 +154,7 @@ def tiny_clip(eos_token_id=VOCAB - 1, vocab_size=VOCAB):
     return CLIP(CLIPConfig(text, vision, projection_dim=8)).eval()
 
 
-def test_tokens_after_the_end_token_do_not_change_the_text_embedding():
+def test_encode_text_ignores_tokens_after_end():
     model = tiny_clip()
     ids, mask = padded_ids(VOCAB - 1)
     changed = ids.clone()
@@ -163,7 +163,7 @@ def test_tokens_after_the_end_token_do_not_change_the_text_embedding():
         torch.testing.assert_close(model.encode_text(changed), model.encode_text(ids, mask))
 
 
-def test_the_two_end_token_rules_pool_at_different_positions():
+def test_eos_rules_pool_at_different_positions():
     ids = torch.tensor([[1, 9, 5, 60, 0], [1, 5, 61, 5, 0]])
     assert tiny_clip(eos_token_id=5).text.eos_positions(ids).tolist() == [2, 1]
     assert tiny_clip(eos_token_id=2).text.eos_positions(ids).tolist() == [3, 2]
@@ -202,14 +202,14 @@ def test_loss_rejects_mismatched_batch_sizes():
         clip_loss(torch.randn(4, 8), torch.randn(3, 8), 10.0)
 
 
-def test_loss_is_low_for_matching_pairs_and_high_for_shuffled_ones():
+def test_clip_loss_separates_matched_and_shuffled():
     embeds = torch.nn.functional.normalize(torch.randn(16, 32), dim=-1)
     matched = clip_loss(embeds, embeds, 50.0)
     shuffled = clip_loss(embeds, embeds.roll(1, dims=0), 50.0)
     assert matched < 0.01 < math.log(16) < shuffled
 
 
-def test_temperature_is_clamped_at_the_maximum_and_stops_rising():
+def test_logit_scale_clamped_at_maximum():
     model = tiny_clip()
     with torch.no_grad():
         model.logit_scale.fill_(math.log(200.0))
@@ -219,7 +219,7 @@ def test_temperature_is_clamped_at_the_maximum_and_stops_rising():
     assert model.logit_scale.grad.item() == 0.0
 
 
-def test_locked_text_tower_stays_fixed_while_the_image_side_trains():
+def test_lock_text_tower_freezes_only_text():
     model = tiny_clip().train().lock_text_tower()
     text_before = {k: v.clone() for k, v in model.text.state_dict().items()}
     vision_before = model.vision.vit.pos_embed.clone()
@@ -233,7 +233,7 @@ def test_locked_text_tower_stays_fixed_while_the_image_side_trains():
     assert model.text_projection.weight.grad is not None
 
 
-def test_zero_shot_with_one_template_equals_the_forward_logits():
+def test_zero_shot_single_template_matches_forward():
     names = ["red", "blue", "green"]
     corpus = [f"a {n} shape" for n in names] * 3
     tokenizer = BPETokenizer.train(corpus, vocab_size=560, context_length=CONTEXT)
@@ -247,7 +247,7 @@ def test_zero_shot_with_one_template_equals_the_forward_logits():
     assert torch.equal(classifier.predict(images), expected.argmax(dim=1))
 
 
-def test_zero_shot_ensemble_does_not_depend_on_template_order():
+def test_zero_shot_ensemble_ignores_template_order():
     templates = ["a {}", "a photo of a {}", "{} again"]
     corpus = ["a photo of a x again", "a photo of a y again"] * 3
     tokenizer = BPETokenizer.train(corpus, vocab_size=560, context_length=CONTEXT)
@@ -261,7 +261,7 @@ def test_zero_shot_ensemble_does_not_depend_on_template_order():
         ZeroShotClassifier(model, tokenizer, ["x"], ["no placeholder"])
 
 
-def test_retrieval_finds_each_item_in_a_gallery_that_contains_it():
+def test_retrieve_finds_exact_matches():
     gallery = torch.randn(10, 8)
     queries = gallery[[3, 7]] * 2.0  # scaled copies: cosine similarity 1
     scores, indices = retrieve(queries, gallery, k=3)
@@ -272,7 +272,7 @@ def test_retrieval_finds_each_item_in_a_gallery_that_contains_it():
         retrieve(queries, gallery, k=11)
 
 
-def test_a_tiny_clip_learns_colour_names_from_captions():
+def test_tiny_clip_learns_colour_names():
     config = SceneConfig(max_shapes=1, held_out=(), colours=("red", "green", "blue"))
     scenes = generate_scenes(512, config, seed=0)
     tokenizer = BPETokenizer.train(scenes.captions, vocab_size=600, context_length=24)
@@ -293,7 +293,7 @@ def test_a_tiny_clip_learns_colour_names_from_captions():
     assert after > 0.9
 
 
-def test_cached_clip_loads_from_a_local_folder_and_matches_transformers(tmp_path):
+def test_load_cached_clip_from_folder_matches_transformers(tmp_path):
     from transformers import AutoTokenizer, CLIPImageProcessor
 
     from minifm.hf.bert import minilm_folder
@@ -341,13 +341,13 @@ def test_cached_clip_loads_from_a_local_folder_and_matches_transformers(tmp_path
     torch.testing.assert_close(logits, expected, atol=TOLERANCE, rtol=0)
 
 
-def test_cached_clip_returns_none_for_a_checkpoint_not_in_the_cache():
+def test_load_cached_clip_returns_none_when_absent():
     from minifm.hf.clip import load_cached_clip
 
     assert load_cached_clip("minifm-tests/no-such-checkpoint") is None
 
 
-def test_clip_initialisation_keeps_captions_apart_where_a_flat_one_does_not():
+def test_clip_init_keeps_captions_apart():
     from minifm.clip import CLIPTextTransformer
     from minifm.nn import init_weights
 

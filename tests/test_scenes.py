@@ -21,7 +21,7 @@ def scenes():
     return generate_scenes(300, seed=0)
 
 
-def test_same_seed_gives_same_scenes_and_other_seed_differs(scenes):
+def test_generate_scenes_is_seeded(scenes):
     again = generate_scenes(300, seed=0)
     other = generate_scenes(300, seed=1)
     assert torch.equal(scenes.images, again.images)
@@ -33,11 +33,14 @@ def test_images_masks_and_labels_have_documented_shapes(scenes):
     assert scenes.images.shape == (300, 3, 32, 32)
     assert scenes.masks.shape == (300, 2, 32, 32)
     assert scenes.masks.dtype == torch.bool
-    assert scenes.images.min() >= 0 and scenes.images.max() <= 1
+    assert scenes.images.min() >= 0
+    assert scenes.images.max() <= 1
     assert set(scenes.num_shapes.tolist()) == {1, 2}
     one = scenes.num_shapes == 1
-    assert (scenes.shapes[one, 1] == -1).all() and not scenes.masks[one, 1].any()
-    assert (scenes.relations[one] == -1).all() and (scenes.relations[~one] >= 0).all()
+    assert (scenes.shapes[one, 1] == -1).all()
+    assert not scenes.masks[one, 1].any()
+    assert (scenes.relations[one] == -1).all()
+    assert (scenes.relations[~one] >= 0).all()
 
 
 def held_out_hits(scenes, config):

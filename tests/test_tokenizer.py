@@ -38,7 +38,7 @@ def test_frequent_corpus_words_become_single_tokens(tokenizer):
         assert tokenizer.tokenize(word) == [word + "</w>"]
 
 
-def test_unseen_and_non_ascii_words_round_trip_through_bytes(tokenizer):
+def test_bpe_round_trips_unseen_words(tokenizer):
     text = "A Crimson disc, café — naïve!"
     ids = tokenizer.encode(text)
     assert tokenizer.decode(ids) == " ".join(split_words(text))
@@ -61,7 +61,7 @@ def test_longest_padding_stops_at_the_longest_row(tokenizer):
     assert batch.input_ids.shape[1] == batch.attention_mask.sum(dim=1).max()
 
 
-def test_end_token_is_both_the_highest_id_and_the_first_end_token(tokenizer):
+def test_end_token_is_highest_and_first(tokenizer):
     batch = tokenizer(CORPUS[:4] + ["zzz qqq"])
     first_end = (batch.input_ids == tokenizer.eos_token_id).int().argmax(dim=1)
     assert torch.equal(batch.input_ids.argmax(dim=1), first_end)
