@@ -187,7 +187,10 @@ def fit(
 
     model.train()
     stream = batches(data, config.batch_size, config.seed, start_step=step)
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, unit="step")
+    # At most one update a second: a notebook kernel flooded with updates can time out nbval.
+    bar = tqdm(
+        total=config.steps, initial=step, disable=not config.progress, unit="step", mininterval=1.0
+    )
     start = time.perf_counter()
     while step < config.steps:
         for group in optimizer.param_groups:
