@@ -45,7 +45,10 @@ ACT_FNS = ("silu", "swish")
 
 @dataclass
 class UNetConfig:
-    """Architecture of a UNet. Field names and defaults follow diffusers' `UNet2DModel`.
+    """Architecture of a UNet. Field names follow diffusers' `UNet2DModel`.
+
+    So do the defaults, except that the default layout has three levels (diffusers has four,
+    wider ones) and `sample_size` is 32 (None in diffusers).
 
     `sample_size` is the training resolution, or None if unknown. Any size that the
     downsampling divides works at run time. `attention_head_dim=None` gives one head over all
