@@ -17,6 +17,7 @@ from minifm.diffusion.samplers import (
     timestep_schedule,
 )
 from minifm.diffusion.schedule import add_noise, alphas_cumprod, make_betas, snr
+from minifm.diffusion.unet import UNet, UNetConfig
 
 __all__ = [
     "DDIMConfig",
@@ -24,6 +25,8 @@ __all__ = [
     "DDPMConfig",
     "DDPMSampler",
     "SamplerConfig",
+    "UNet",
+    "UNetConfig",
     "add_noise",
     "alphas_cumprod",
     "classifier_free_guidance",
@@ -36,6 +39,3 @@ __all__ = [
     "snr",
     "timestep_schedule",
 ]
-
-# Models built on the samplers: each import line extends __all__ with its names.
-from minifm.diffusion.unet import UNet as UNet
