@@ -68,6 +68,15 @@ class History:
         return [e["step"] for e in self.evaluations], [e[name] for e in self.evaluations]
 
 
+def progress_bar(iterable=None, **kwargs) -> tqdm:
+    """A tqdm bar, widget or text, that redraws at most once a second.
+
+    Every redraw is a message from a notebook kernel; a long loop that redraws on every step
+    sends thousands of them, which bloats the stored notebook and can make nbval drop messages.
+    """
+    return tqdm(iterable, mininterval=1.0, **kwargs)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)
@@ -187,10 +196,7 @@ def fit(
 
     model.train()
     stream = batches(data, config.batch_size, config.seed, start_step=step)
-    # At most one update a second: a notebook kernel flooded with updates can time out nbval.
-    bar = tqdm(
-        total=config.steps, initial=step, disable=not config.progress, unit="step", mininterval=1.0
-    )
+    bar = progress_bar(total=config.steps, initial=step, disable=not config.progress, unit="step")
     start = time.perf_counter()
     while step < config.steps:
         for group in optimizer.param_groups:
@@ -208,13 +214,14 @@ def fit(
         optimizer.step()
         step += 1
         history.losses.append(loss.item())
+        bar.set_postfix(loss=f"{history.losses[-1]:.4f}", refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{history.losses[-1]:.4f}")
 
         last = step == config.steps
         if evaluate is not None and (last or (config.eval_every and step % config.eval_every == 0)):
             history.evaluations.append(evaluate_now(model, evaluate, step))
-            bar.set_postfix({k: f"{v:.4g}" for k, v in history.evaluations[-1].items()})
+            metrics = {k: f"{v:.4g}" for k, v in history.evaluations[-1].items()}
+            bar.set_postfix(metrics, refresh=False)
         if checkpoint_path is not None and (
             last or (config.checkpoint_every and step % config.checkpoint_every == 0)
         ):

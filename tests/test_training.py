@@ -106,6 +106,12 @@ def test_evaluation_runs_on_schedule_in_eval_mode():
     assert seen == [False, False, False]
 
 
+def test_progress_bar_redraws_at_most_once_a_second(capsys):
+    history = fit(nn.Linear(8, 2), loss_fn, make_data(), config(steps=300, progress=True))
+    redraws = capsys.readouterr().err.count("\r")
+    assert redraws <= 3 + history.seconds, redraws
+
+
 def test_batches_cover_an_epoch_without_repeats():
     data = (torch.arange(40),)
     stream = batches(data, batch_size=8, seed=3)

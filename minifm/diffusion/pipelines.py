@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from minifm.diffusion.samplers import DiffusionSampler, standard_normal
+from minifm.training import progress_bar
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 StepHook = Callable[[int, int, Tensor], Tensor]
@@ -42,7 +42,7 @@ def denoise(
     """
     timesteps = sampler.timesteps if timesteps is None else timesteps
     trajectory = [x.cpu()] if return_trajectory else None
-    for i, t in enumerate(tqdm(timesteps.tolist(), desc="sampling", disable=not progress)):
+    for i, t in enumerate(progress_bar(timesteps.tolist(), desc="sampling", disable=not progress)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
         x = sampler.step(model_fn(x, t_batch), t, x, generator=generator)
         if after_step is not None:
