@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minifm.nn import TransformerBlock, activation, init_weights
+from minifm.nn import TransformerBlock, check_transformer_config, init_weights
 from minifm.tokenizer import validate_input_ids
 
 
@@ -40,12 +40,7 @@ class BertConfig:
     attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        activation(self.hidden_act)
+        check_transformer_config(self)
 
     @classmethod
     def minilm_l6(cls, **overrides) -> BertConfig:

@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minifm.nn import PatchEmbedding, TransformerBlock, activation, init_weights, pair
+from minifm.nn import (
+    PatchEmbedding,
+    TransformerBlock,
+    check_transformer_config,
+    init_weights,
+    pair,
+)
 from minifm.tokenizer import validate_input_ids
 from minifm.vit import ViT, ViTConfig
 
@@ -51,12 +57,7 @@ class CLIPTextConfig:
     attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        activation(self.hidden_act)
+        check_transformer_config(self)
 
 
 def _clip_vision_config() -> ViTConfig:

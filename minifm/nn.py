@@ -138,6 +138,19 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+def check_transformer_config(config) -> None:
+    """Check the fields `hidden_size`, `num_attention_heads` and `hidden_act` of a config.
+
+    The heads must divide the width, and the activation must be one of `ACTIVATIONS`.
+    """
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(
+            f"hidden_size={config.hidden_size} must be divisible by "
+            f"num_attention_heads={config.num_attention_heads}"
+        )
+    activation(config.hidden_act)
+
+
 class MLP(nn.Module):
     """Two linear layers with an activation between them: (B, N, D) -> (B, N, D)."""
 

@@ -20,6 +20,7 @@ from minifm.nn import (
     PatchEmbedding,
     TransformerBlock,
     activation,
+    check_transformer_config,
     init_weights,
     interpolate_position_embedding,
     patch_grid,
@@ -52,12 +53,7 @@ class ViTConfig:
         self.grid_size = patch_grid(self.image_size, self.patch_size)
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        activation(self.hidden_act)
+        check_transformer_config(self)
         resolve_backend(self.attention_backend, torch.device("cpu"))
 
     @property

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from minifm.bert import BertConfig
+from minifm.clip import CLIPTextConfig
 from minifm.nn import (
     PatchEmbedding,
     TransformerBlock,
@@ -8,6 +10,7 @@ from minifm.nn import (
     patchify_unfold,
     sincos_2d_position_embedding,
 )
+from minifm.vit import ViTConfig
 
 
 @pytest.mark.parametrize("patch_size", [2, 4, (2, 4)])
@@ -79,3 +82,15 @@ def test_pre_norm_block_follows_vit_order():
 def test_unknown_activation_is_rejected():
     with pytest.raises(ValueError, match="unknown activation 'swish2'"):
         TransformerBlock(16, 2, 32, act="swish2")
+
+
+@pytest.mark.parametrize("config_class", [ViTConfig, CLIPTextConfig, BertConfig])
+def test_transformer_configs_reject_indivisible_width(config_class):
+    with pytest.raises(ValueError, match="hidden_size=64 must be divisible by num_attention_heads"):
+        config_class(hidden_size=64, num_attention_heads=5)
+
+
+@pytest.mark.parametrize("config_class", [ViTConfig, CLIPTextConfig, BertConfig])
+def test_transformer_configs_reject_unknown_activation(config_class):
+    with pytest.raises(ValueError, match="unknown activation 'swish2'"):
+        config_class(hidden_act="swish2")
