@@ -11,7 +11,8 @@ Every backend takes `q` of shape (B, H, Nq, Dh) and `k`, `v` of shape (B, H, Nk,
 `mask` is boolean and broadcastable to (B, H, Nq, Nk); True marks the keys a query may attend
 to. With `causal=True`, query i attends to keys j <= i, the top-left alignment of
 `scaled_dot_product_attention(is_causal=True)`, also when Nq != Nk. A query row with no key to
-attend to returns zeros, in every backend, instead of NaN.
+attend to returns zeros, in every backend, instead of NaN. `dropout_p` zeroes attention
+probabilities at random during training (math and sdpa only).
 """
 
 from __future__ import annotations
@@ -69,21 +70,33 @@ def attention_weights(
     return scores.softmax(dim=-1) * any_key
 
 
-def _math(q, k, v, causal, mask, scale):
-    return attention_weights(q, k, causal=causal, mask=mask, scale=scale) @ v
+def _math(q, k, v, causal, mask, scale, dropout_p):
+    weights = attention_weights(q, k, causal=causal, mask=mask, scale=scale)  # (B, H, Nq, Nk)
+    if dropout_p:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v
 
 
-def _sdpa(q, k, v, causal, mask, scale):
+def _sdpa(q, k, v, causal, mask, scale, dropout_p):
     if mask is None:  # no explicit mask, so PyTorch may pick its flash or memory-efficient kernel
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+        return F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=scale, dropout_p=dropout_p
+        )
     mask = combined_mask(q, k, causal, mask)
     # PyTorch returns NaN for a row with no allowed key: open such rows, then zero them.
     any_key = mask.any(dim=-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~any_key, scale=scale)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask | ~any_key, scale=scale, dropout_p=dropout_p
+    )
     return out * any_key
 
 
-def _triton(q, k, v, causal, mask, scale):
+def _triton(q, k, v, causal, mask, scale, dropout_p):
+    if dropout_p:
+        raise ValueError(
+            f"the triton backend has no attention dropout; got dropout_p={dropout_p}, "
+            "expected 0 (use backend 'math' or 'sdpa' to train with attention dropout)"
+        )
     from minifm.kernels import flash_attention
 
     return flash_attention(q, k, v, causal=causal, mask=mask, scale=scale)
@@ -113,9 +126,14 @@ def attend(
     causal: bool = False,
     mask: Tensor | None = None,
     scale: float | None = None,
+    dropout_p: float = 0.0,
     backend: str = "auto",
 ) -> Tensor:
-    """Attend queries (B, H, Nq, Dh) to keys and values (B, H, Nk, Dh); return (B, H, Nq, Dh)."""
+    """Attend queries (B, H, Nq, Dh) to keys and values (B, H, Nk, Dh); return (B, H, Nq, Dh).
+
+    `dropout_p` applies whenever it is nonzero; modules pass 0 in eval mode. With
+    `backend="auto"`, attention dropout runs on sdpa, since the triton kernel has none.
+    """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
             f"q, k, v must be 4-D (batch, heads, tokens, head_dim); got shapes "
@@ -128,8 +146,12 @@ def attend(
         )
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"mask must be a boolean tensor (True = attend); got dtype {mask.dtype}")
+    if not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p={dropout_p} must lie in [0, 1)")
+    if backend == "auto" and dropout_p:
+        backend = "sdpa"
     backend = resolve_backend(backend, q.device)
-    return _IMPLEMENTATIONS[backend](q, k, v, causal, mask, scale)
+    return _IMPLEMENTATIONS[backend](q, k, v, causal, mask, scale, dropout_p)
 
 
 class MultiHeadAttention(nn.Module):
@@ -145,6 +167,7 @@ class MultiHeadAttention(nn.Module):
         *,
         qkv_bias: bool = True,
         context_dim: int | None = None,
+        dropout: float = 0.0,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -153,6 +176,7 @@ class MultiHeadAttention(nn.Module):
         resolve_backend(backend, torch.device("cpu"))  # validate the name early
         context_dim = dim if context_dim is None else context_dim
         self.num_heads = num_heads
+        self.dropout = dropout
         self.backend = backend
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(context_dim, dim, bias=qkv_bias)
@@ -179,7 +203,10 @@ class MultiHeadAttention(nn.Module):
         k = self.split_heads(self.k(context))  # (B, H, Nk, Dh)
         v = self.split_heads(self.v(context))  # (B, H, Nk, Dh)
 
-        out = attend(q, k, v, causal=causal, mask=mask, backend=self.backend)  # (B, H, N, Dh)
+        dropout_p = self.dropout if self.training else 0.0
+        out = attend(
+            q, k, v, causal=causal, mask=mask, dropout_p=dropout_p, backend=self.backend
+        )  # (B, H, N, Dh)
         out = self.out(out.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
         if not return_attention:

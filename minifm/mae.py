@@ -60,6 +60,12 @@ class MAEConfig:
             raise ValueError(
                 f"the MAE encoder has no pooler; got encoder.pooler_act={self.encoder.pooler_act!r}"
             )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if getattr(self.encoder, name):
+                raise ValueError(
+                    f"MAE pretraining has no dropout; got encoder.{name}="
+                    f"{getattr(self.encoder, name)}, expected 0"
+                )
 
     @property
     def num_kept(self) -> int:

@@ -169,7 +169,9 @@ class TransformerBlock(nn.Module):
     """Attention and MLP sub-layers, each with a residual connection and a LayerNorm.
 
     Pre-norm (`norm_first=True`, ViT and CLIP): x + f(norm(x)). Post-norm (the original
-    Transformer and BERT): norm(x + f(x)).
+    Transformer and BERT): norm(x + f(x)). In training, `dropout` drops elements of each
+    sub-layer's output f before the residual sum, and `attention_dropout` drops attention
+    probabilities.
     """
 
     def __init__(
@@ -182,14 +184,19 @@ class TransformerBlock(nn.Module):
         layer_norm_eps: float = 1e-6,
         act: str = "gelu",
         norm_first: bool = True,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
         attention_backend: str = "auto",
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.attn = MultiHeadAttention(dim, num_heads, qkv_bias=qkv_bias, backend=attention_backend)
+        self.attn = MultiHeadAttention(
+            dim, num_heads, qkv_bias=qkv_bias, dropout=attention_dropout, backend=attention_backend
+        )
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLP(dim, mlp_dim, act)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self,
@@ -205,13 +212,14 @@ class TransformerBlock(nn.Module):
             attention_input, causal=causal, mask=mask, return_attention=return_attention
         )
         attended, weights = attended if return_attention else (attended, None)
+        attended = self.dropout(attended)
 
         if self.norm_first:
             x = x + attended
-            x = x + self.mlp(self.norm2(x))
+            x = x + self.dropout(self.mlp(self.norm2(x)))
         else:
             x = self.norm1(x + attended)
-            x = self.norm2(x + self.mlp(x))
+            x = self.norm2(x + self.dropout(self.mlp(x)))
         return (x, weights) if return_attention else x
 
 

@@ -43,6 +43,8 @@ class ViTConfig:
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
     qkv_bias: bool = True
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
     num_labels: int = 0
     pooling: str = "cls"
     pooler_act: str | None = None
@@ -54,6 +56,9 @@ class ViTConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
         check_transformer_config(self)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1)")
         resolve_backend(self.attention_backend, torch.device("cpu"))
 
     @property
@@ -100,10 +105,13 @@ class ViT(nn.Module):
                 qkv_bias=config.qkv_bias,
                 layer_norm_eps=config.layer_norm_eps,
                 act=config.hidden_act,
+                dropout=config.hidden_dropout_prob,
+                attention_dropout=config.attention_probs_dropout_prob,
                 attention_backend=config.attention_backend,
             )
             for _ in range(config.num_hidden_layers)
         )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
         pooled_dim = config.pooler_output_size or D
         self.pooler = nn.Linear(D, pooled_dim) if config.pooler_act else None
@@ -133,7 +141,7 @@ class ViT(nn.Module):
         x = self.patch_embed(pixel_values)  # (B, N, D)
         cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
-        return x + self.position_embedding(grid_size, interpolate_pos_encoding)
+        return self.dropout(x + self.position_embedding(grid_size, interpolate_pos_encoding))
 
     def encode(
         self, x: Tensor, return_attentions: bool = False

@@ -115,3 +115,38 @@ def test_cross_attention_uses_context_length():
     out, weights = layer(torch.randn(2, 5, 16), torch.randn(2, 11, 8), return_attention=True)
     assert out.shape == (2, 5, 16)
     assert weights.shape == (2, 2, 5, 11)
+
+
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+def test_attention_dropout_is_unbiased(backend):
+    q, k, v = qkv(B=1, H=1, Nq=4, Nk=6)
+    expected = attend(q, k, v, backend=backend)
+    copies = 4000  # dropout draws a fresh mask for every batch element
+    q, k, v = (t.expand(copies, -1, -1, -1) for t in (q, k, v))
+    torch.manual_seed(0)
+    dropped = attend(q, k, v, dropout_p=0.5, backend=backend)
+    assert not torch.allclose(dropped[0], expected[0], atol=1e-3)
+    torch.testing.assert_close(dropped.mean(0, keepdim=True), expected, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("dropout_p", [-0.1, 1.0, float("nan")])
+def test_dropout_outside_unit_interval_is_rejected(dropout_p):
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="dropout_p=.* must lie in"):
+        attend(q, k, v, dropout_p=dropout_p)
+
+
+def test_triton_backend_rejects_attention_dropout():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="triton backend has no attention dropout"):
+        attend(q, k, v, dropout_p=0.1, backend="triton")
+
+
+def test_multi_head_attention_drops_only_in_training():
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(16, 2, dropout=0.5)
+    x = torch.randn(2, 5, 16)
+    attention.eval()
+    torch.testing.assert_close(attention(x), attention(x))
+    attention.train()
+    assert not torch.allclose(attention(x), attention(x))

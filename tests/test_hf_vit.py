@@ -12,6 +12,7 @@ CONFIGS = {
     "gelu_new_eps": {"hidden_act": "gelu_new", "layer_norm_eps": 1e-6},
     "quick_gelu_patch8": {"hidden_act": "quick_gelu", "patch_size": 8, "image_size": 32},
     "non_square": {"image_size": (16, 24), "num_channels": 1},
+    "dropout": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.2},
 }
 
 
@@ -111,3 +112,10 @@ def test_load_pretrained_reads_a_local_folder(tmp_path):
     images = images_for(hf_model.config)
     with torch.no_grad():
         torch.testing.assert_close(ours(images), hf_model(images).logits, atol=TOLERANCE, rtol=0)
+
+
+def test_converter_copies_the_dropout_rates():
+    config = hf_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2)
+    ours = from_transformers(ViTForImageClassification(config))
+    assert ours.config.hidden_dropout_prob == 0.1
+    assert ours.config.attention_probs_dropout_prob == 0.2

@@ -57,3 +57,15 @@ def test_config_rejects_bad_values():
         ViTConfig.digits(attention_backend="xla")
     with pytest.raises(ValueError, match="divisible by num_attention_heads"):
         ViTConfig.digits(num_attention_heads=5)
+    with pytest.raises(ValueError, match=r"hidden_dropout_prob=1.0 must lie in \[0, 1\)"):
+        ViTConfig.digits(hidden_dropout_prob=1.0)
+
+
+def test_dropout_is_active_only_in_training():
+    torch.manual_seed(0)
+    model = ViT(ViTConfig.digits(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3))
+    images = torch.rand(2, 1, 16, 16)
+    model.eval()
+    torch.testing.assert_close(model(images), model(images))
+    model.train()
+    assert not torch.allclose(model(images), model(images))

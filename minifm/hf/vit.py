@@ -52,6 +52,8 @@ def vit_config_from_transformers(hf_config, **overrides) -> ViTConfig:
         hidden_act=hf_config.hidden_act,
         layer_norm_eps=hf_config.layer_norm_eps,
         qkv_bias=hf_config.qkv_bias,
+        hidden_dropout_prob=hf_config.hidden_dropout_prob,
+        attention_probs_dropout_prob=hf_config.attention_probs_dropout_prob,
     )
     return ViTConfig(**{**fields, **overrides})
 
