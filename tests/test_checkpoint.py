@@ -25,6 +25,15 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
         load_model(nn.Linear(2, 2), path)
 
 
+def test_unexpected_keys_alone_are_rejected(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(nn.Linear(2, 2), path)
+    tensors, _ = load_tensors(path)
+    save_tensors(path, {**tensors, "extra": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"missing keys \[\], unexpected keys \['extra'\]"):
+        load_model(nn.Linear(2, 2), path)
+
+
 def test_wrong_shape_is_rejected(tmp_path):
     path = tmp_path / "model.safetensors"
     save_tensors(path, {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)})

@@ -2,6 +2,7 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
+from minifm.attention import set_attention_backend
 from minifm.hf import from_transformers, load_pretrained
 
 TOLERANCE = 1e-5  # float32, eval mode, depth 2
@@ -114,8 +115,15 @@ def test_load_pretrained_reads_a_local_folder(tmp_path):
         torch.testing.assert_close(ours(images), hf_model(images).logits, atol=TOLERANCE, rtol=0)
 
 
-def test_converter_copies_the_dropout_rates():
-    config = hf_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2)
-    ours = from_transformers(ViTForImageClassification(config))
-    assert ours.config.hidden_dropout_prob == 0.1
-    assert ours.config.attention_probs_dropout_prob == 0.2
+def test_training_mode_dropout_matches_eager_transformers():
+    # Same dropout sites in the same order draw the same masks from the same seed.
+    config = hf_config(
+        hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.2, attn_implementation="eager"
+    )
+    hf_model = ViTForImageClassification(config).train()
+    ours = set_attention_backend(from_transformers(hf_model), "math").train()
+    images = images_for(config)
+    torch.manual_seed(0)
+    expected = hf_model(images).logits
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours(images), expected, atol=TOLERANCE, rtol=0)
