@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from minifm.checkpoint import load_state_dict_strict, load_tensors, save_tensors
 
@@ -69,7 +69,7 @@ class History:
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """A text tqdm bar, the same in terminals and notebooks, that redraws at most once a second.
+    """A tqdm bar that redraws at most once a second: a widget with ipywidgets, text without.
 
     Every redraw is a message from a notebook kernel; a long loop that redraws on every step
     sends thousands of them, which bloats the stored notebook and can make nbval drop messages.
