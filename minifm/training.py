@@ -48,11 +48,23 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive; got {self.lr}")
+        for name, least in [("steps", 1), ("batch_size", 1), ("warmup_steps", 0),
+                            ("eval_every", 0), ("checkpoint_every", 0)]:  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer of at least {least}; got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number; got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be at least 0; got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1); got {self.betas}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1]; got {self.min_lr_ratio}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(
+                f"grad_clip must be positive, or None for no clipping; got {self.grad_clip}"
+            )
 
 
 @dataclass
@@ -127,30 +139,66 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
+def optimized_parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Name the optimizer's parameters in the order its state dict numbers them."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
 def save_training_state(
     path: str | os.PathLike,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     step: int,
     history: History,
+    data_order: dict[str, int],
 ) -> None:
-    """Checkpoint model, optimizer moments and the global RNG state after `step` steps."""
+    """Checkpoint model, optimizer moments and the global RNG state after `step` steps.
+
+    `data_order` holds the settings that fix the order of the batches (seed, batch size).
+    """
     tensors = {f"model.{name}": t for name, t in model.state_dict().items()}
     for index, state in optimizer.state_dict()["state"].items():
         for name, value in state.items():
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
     tensors["rng.torch"] = torch.get_rng_state()
-    metadata = {"step": str(step), "history": json.dumps(asdict(history))}
+    metadata = {
+        "step": str(step),
+        "history": json.dumps(asdict(history)),
+        "optimized_parameters": json.dumps(optimized_parameter_names(model, optimizer)),
+        "data_order": json.dumps(data_order),
+    }
     save_tensors(path, tensors, metadata)
 
 
 def load_training_state(
-    path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer
+    path: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_order: dict[str, int],
 ) -> tuple[int, History]:
-    """Restore what `save_training_state` wrote; return the step reached and the history so far."""
+    """Restore what `save_training_state` wrote; return the step reached and the history so far.
+
+    Raises ValueError when the checkpoint's optimized parameters or data order differ from
+    this run's, since the optimizer moments or the batches would then be misassigned.
+    """
     tensors, metadata = load_tensors(path)
+    source = f"checkpoint {os.fspath(path)!r}"
     model_state = {k[len("model.") :]: t for k, t in tensors.items() if k.startswith("model.")}
-    load_state_dict_strict(model, model_state, f"checkpoint {os.fspath(path)!r}")
+    load_state_dict_strict(model, model_state, source)
+    saved = json.loads(metadata["optimized_parameters"])
+    current = optimized_parameter_names(model, optimizer)
+    if saved != current:
+        raise ValueError(
+            f"{source} optimized the parameters {saved}, but this run optimizes {current}; "
+            "resume with the same trainable parameters"
+        )
+    saved_order = json.loads(metadata["data_order"])
+    if saved_order != data_order:
+        raise ValueError(
+            f"{source} was written with {saved_order}, but this run has {data_order}; "
+            "resume with the same seed and batch size"
+        )
     optimizer_state: dict[int, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -188,9 +236,15 @@ def fit(
     training continues from that checkpoint when it exists.
     """
     optimizer = make_optimizer(model, config)
+    data_order = {"seed": config.seed, "batch_size": config.batch_size}
     step, history = 0, History()
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        step, history = load_training_state(checkpoint_path, model, optimizer)
+        step, history = load_training_state(checkpoint_path, model, optimizer, data_order)
+        if step > config.steps:
+            raise ValueError(
+                f"checkpoint {os.fspath(checkpoint_path)!r} is at step {step}, past "
+                f"config.steps={config.steps}"
+            )
     else:
         seed_everything(config.seed)
 
@@ -225,7 +279,7 @@ def fit(
         if checkpoint_path is not None and (
             last or (config.checkpoint_every and step % config.checkpoint_every == 0)
         ):
-            save_training_state(checkpoint_path, model, optimizer, step, history)
+            save_training_state(checkpoint_path, model, optimizer, step, history, data_order)
     bar.close()
     history.seconds += time.perf_counter() - start
     model.eval()

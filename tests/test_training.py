@@ -65,6 +65,35 @@ def test_resumed_run_repeats_uninterrupted_losses(tmp_path):
     assert resumed.losses == uninterrupted.losses
 
 
+def checkpointed_run(tmp_path):
+    checkpoint = tmp_path / "run.safetensors"
+    torch.manual_seed(0)
+    fit(DropoutNet(), loss_fn, make_data(), config(), checkpoint_path=checkpoint)
+    return checkpoint
+
+
+def test_resume_rejects_other_trainable_parameters(tmp_path):
+    checkpoint = checkpointed_run(tmp_path)
+    model = DropoutNet()
+    model[0].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"optimizes \['0.weight', '3.weight', '3.bias'\]"):
+        fit(model, loss_fn, make_data(), config(), checkpoint_path=checkpoint, resume=True)
+
+
+def test_resume_rejects_another_data_order(tmp_path):
+    checkpoint = checkpointed_run(tmp_path)
+    with pytest.raises(ValueError, match="resume with the same seed and batch size"):
+        fit(DropoutNet(), loss_fn, make_data(), config(seed=1), checkpoint_path=checkpoint,
+            resume=True)  # fmt: skip
+
+
+def test_resume_rejects_a_checkpoint_past_the_last_step(tmp_path):
+    checkpoint = checkpointed_run(tmp_path)
+    with pytest.raises(ValueError, match="is at step 12, past config.steps=6"):
+        fit(DropoutNet(), loss_fn, make_data(), config(steps=6), checkpoint_path=checkpoint,
+            resume=True)  # fmt: skip
+
+
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     data = make_data()
     torch.manual_seed(0)
@@ -133,9 +162,26 @@ def test_learning_rate_warms_up_then_decays():
     assert learning_rate(9, cfg) < 0.05
 
 
-def test_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="steps must be at least 1; got 0"):
-        TrainConfig(steps=0, batch_size=4)
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("steps", 0, "steps must be an integer of at least 1; got 0"),
+        ("steps", 2.5, "steps must be an integer of at least 1; got 2.5"),
+        ("warmup_steps", -1, "warmup_steps must be an integer of at least 0; got -1"),
+        ("lr", float("nan"), "lr must be a positive finite number; got nan"),
+        ("weight_decay", -0.1, "weight_decay must be at least 0; got -0.1"),
+        ("betas", (0.9, 1.0), r"betas must be two numbers in \[0, 1\); got \(0.9, 1.0\)"),
+        ("min_lr_ratio", 2.0, r"min_lr_ratio must lie in \[0, 1\]; got 2.0"),
+        ("grad_clip", -1.0, "grad_clip must be positive, or None for no clipping; got -1.0"),
+        ("grad_clip", 0.0, "grad_clip must be positive, or None for no clipping; got 0.0"),
+    ],
+)
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"steps": 10, "batch_size": 4, field: value})
+
+
+def test_batch_larger_than_the_data_is_rejected():
     with pytest.raises(ValueError, match="batch_size=100 exceeds the 64 training examples"):
         fit(nn.Linear(8, 2), loss_fn, make_data(), config(batch_size=100))
 
