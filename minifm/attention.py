@@ -118,6 +118,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def auto_backend(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: float) -> str:
+    """The backend `"auto"` runs: triton on CUDA where its kernel supports the call, else sdpa."""
+    if resolve_backend("auto", q.device) != "triton" or dropout_p:
+        return "sdpa"
+    from minifm.kernels import supports
+
+    return "triton" if supports(q, k, mask) else "sdpa"
+
+
 def attend(
     q: Tensor,
     k: Tensor,
@@ -131,8 +140,9 @@ def attend(
 ) -> Tensor:
     """Attend queries (B, H, Nq, Dh) to keys and values (B, H, Nk, Dh); return (B, H, Nq, Dh).
 
-    `dropout_p` applies whenever it is nonzero; modules pass 0 in eval mode. With
-    `backend="auto"`, attention dropout runs on sdpa, since the triton kernel has none.
+    `dropout_p` applies whenever it is nonzero; modules pass 0 in eval mode. `backend="auto"`
+    picks triton on CUDA and falls back to sdpa for what the kernel lacks: attention dropout,
+    head dimensions above 128, float64, masks other than key padding.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
@@ -148,9 +158,9 @@ def attend(
         raise TypeError(f"mask must be a boolean tensor (True = attend); got dtype {mask.dtype}")
     if not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p={dropout_p} must lie in [0, 1)")
-    if backend == "auto" and dropout_p:
-        backend = "sdpa"
-    backend = resolve_backend(backend, q.device)
+    resolve_backend(backend, q.device)  # validate the name
+    if backend == "auto":
+        backend = auto_backend(q, k, mask, dropout_p)
     return _IMPLEMENTATIONS[backend](q, k, v, causal, mask, scale, dropout_p)
 
 

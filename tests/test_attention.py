@@ -6,6 +6,7 @@ from minifm.attention import (
     MultiHeadAttention,
     attend,
     attention_weights,
+    auto_backend,
     causal_mask,
     key_padding_mask,
 )
@@ -150,3 +151,30 @@ def test_multi_head_attention_drops_only_in_training():
     torch.testing.assert_close(attention(x), attention(x))
     attention.train()
     assert not torch.allclose(attention(x), attention(x))
+
+
+@pytest.mark.parametrize(
+    "head_dim, dtype, mask_shape, dropout_p, expected",
+    [
+        (64, torch.float16, None, 0.0, "triton"),
+        (64, torch.float32, (2, 1, 1, 7), 0.0, "triton"),
+        (256, torch.float16, None, 0.0, "sdpa"),
+        (64, torch.float64, None, 0.0, "sdpa"),
+        (64, torch.float16, (2, 1, 7, 7), 0.0, "sdpa"),
+        (64, torch.float16, None, 0.1, "sdpa"),
+    ],
+)
+def test_auto_falls_back_to_sdpa_where_the_kernel_lacks_support(
+    monkeypatch, head_dim, dtype, mask_shape, dropout_p, expected
+):
+    import minifm.attention as attention
+
+    monkeypatch.setattr(attention, "resolve_backend", lambda backend, device: "triton")
+    q, k, _ = (t.to(dtype) for t in qkv(B=2, Nq=7, Nk=7, Dh=head_dim))
+    mask = None if mask_shape is None else torch.ones(mask_shape, dtype=torch.bool)
+    assert attention.auto_backend(q, k, mask, dropout_p) == expected
+
+
+def test_auto_runs_sdpa_off_cuda():
+    q, k, _ = qkv()
+    assert auto_backend(q, k, None, 0.0) == "sdpa"

@@ -5,6 +5,6 @@
 so set `TRITON_INTERPRET=1` before importing it to run the kernels on the CPU.
 """
 
-from minifm.kernels.flash_attention import FlashAttention, flash_attention
+from minifm.kernels.flash_attention import FlashAttention, flash_attention, supports
 
-__all__ = ["FlashAttention", "flash_attention"]
+__all__ = ["FlashAttention", "flash_attention", "supports"]

@@ -131,6 +131,25 @@ def _key_mask(
     return None if valid is None else valid.to(torch.int8).contiguous()
 
 
+def is_key_padding_mask(mask: Tensor, batch: int, n_keys: int) -> bool:
+    """Whether `mask` depends on the batch and key index alone: broadcastable as (B, 1, 1, Nk)."""
+    shape = (1,) * (4 - mask.ndim) + tuple(mask.shape)
+    return (
+        mask.ndim <= 4
+        and shape[0] in (1, batch)
+        and shape[1] == 1
+        and shape[2] == 1
+        and shape[3] in (1, n_keys)
+    )
+
+
+def supports(q: Tensor, k: Tensor, mask: Tensor | None = None) -> bool:
+    """Whether `flash_attention` handles these inputs: head size, dtype and mask."""
+    head_dim_ok = 1 <= q.shape[-1] <= MAX_HEAD_DIM
+    mask_ok = mask is None or is_key_padding_mask(mask, q.shape[0], k.shape[-2])
+    return head_dim_ok and q.dtype in DTYPES and mask_ok
+
+
 def _key_mask_from_mask(mask: Tensor, batch: int, n_keys: int, device: torch.device) -> Tensor:
     """Reduce a boolean mask broadcastable as (B, 1, 1, Nk) to shape (B, Nk)."""
     if mask.dtype != torch.bool:
@@ -138,14 +157,7 @@ def _key_mask_from_mask(mask: Tensor, batch: int, n_keys: int, device: torch.dev
     if mask.device != device:
         raise ValueError(f"mask is on {mask.device}, expected {device}")
     shape = (1,) * (4 - mask.ndim) + tuple(mask.shape)
-    is_key_padding = (
-        mask.ndim <= 4
-        and shape[0] in (1, batch)
-        and shape[1] == 1
-        and shape[2] == 1
-        and shape[3] in (1, n_keys)
-    )
-    if not is_key_padding:
+    if not is_key_padding_mask(mask, batch, n_keys):
         raise ValueError(
             f"the triton backend supports only key padding masks, broadcastable as "
             f"(B, 1, 1, Nk) = ({batch}, 1, 1, {n_keys}); got mask of shape {tuple(mask.shape)}. "
