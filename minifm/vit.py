@@ -56,6 +56,13 @@ class ViTConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
         check_transformer_config(self)
+        if self.pooler_act is not None:
+            activation(self.pooler_act)
+        elif self.pooler_output_size is not None:
+            raise ValueError(
+                f"pooler_output_size={self.pooler_output_size} needs a pooler; set pooler_act "
+                "(transformers uses 'tanh') or leave pooler_output_size as None"
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1)")

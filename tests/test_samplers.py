@@ -321,6 +321,10 @@ def test_bad_step_inputs_are_rejected():
         sampler.step(torch.zeros(2, 6, 4, 4), 900, x)
     with pytest.raises(ValueError, match="t=1000 is outside"):
         sampler.step(x, 1000, x)
+    with pytest.raises(ValueError, match="t=899.5 must be an integer timestep"):
+        sampler.step(x, 899.5, x)
+    with pytest.raises(ValueError, match="t=899.5 must be an integer timestep"):
+        DDPMSampler().step(x, torch.tensor(899.5), x)
     with pytest.raises(ValueError, match="eta=1.5"):
         sampler.step(x, 900, x, eta=1.5)
     with pytest.raises(TypeError, match="eta must be a number"):

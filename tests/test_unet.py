@@ -350,6 +350,15 @@ def test_min_snr_weights_cap_high_snr_timesteps():
     torch.testing.assert_close(sample, torch.tensor([1.0, 5.0, 5.0]))
 
 
+@pytest.mark.parametrize(
+    "prediction_type, expected",
+    [("epsilon", 1.0), ("v_prediction", 0.0), ("sample", 0.0)],
+)
+def test_min_snr_weights_are_finite_at_zero_terminal_snr(prediction_type, expected):
+    weights = min_snr_weights(torch.tensor([0.0]), 5.0, prediction_type)
+    torch.testing.assert_close(weights, torch.tensor([expected]))
+
+
 def test_min_snr_loss_without_cap_is_plain_loss():
     torch.manual_seed(0)
     model = UNet(small_config(num_class_embeds=11)).eval()

@@ -59,6 +59,10 @@ def test_config_rejects_bad_values():
         ViTConfig.digits(num_attention_heads=5)
     with pytest.raises(ValueError, match=r"hidden_dropout_prob=1.0 must lie in \[0, 1\)"):
         ViTConfig.digits(hidden_dropout_prob=1.0)
+    with pytest.raises(ValueError, match="pooler_output_size=20 needs a pooler"):
+        ViTConfig.digits(pooler_output_size=20)
+    with pytest.raises(ValueError, match="unknown activation 'tanh2'"):
+        ViTConfig.digits(pooler_act="tanh2")
 
 
 def test_dropout_is_active_only_in_training():

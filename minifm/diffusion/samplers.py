@@ -215,6 +215,8 @@ class DiffusionSampler:
             if t.numel() != 1:
                 raise ValueError(f"t must be a single timestep, got a tensor of shape {t.shape}")
             t = t.item()
+        if t != int(t):
+            raise ValueError(f"t={t} must be an integer timestep")
         if not 0 <= t < self.num_train_timesteps:
             raise ValueError(f"t={t} is outside [0, {self.num_train_timesteps - 1}]")
         return int(t)

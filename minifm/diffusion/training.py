@@ -100,7 +100,7 @@ def min_snr_weights(alpha_bar: Tensor, gamma: float, prediction_type: str) -> Te
     ratio = snr(alpha_bar)  # (B,)
     capped = ratio.clamp(max=gamma)
     if prediction_type == "epsilon":
-        return capped / ratio
+        return (gamma / ratio).clamp(max=1.0)  # min(SNR, gamma) / SNR, and 1 where SNR = 0
     if prediction_type == "v_prediction":
         return capped / (ratio + 1)
     return capped
