@@ -31,7 +31,7 @@ CONFIGS = {
 }
 
 
-def hf_clip(eos, act, text_width, vision_width):
+def hf_clip(eos, act, text_width, vision_width, logit_scale=3.1):
     text = dict(
         vocab_size=VOCAB,
         hidden_size=text_width,
@@ -57,10 +57,25 @@ def hf_clip(eos, act, text_width, vision_width):
         layer_norm_eps=1e-5,
     )
     config = HFCLIPConfig(
-        text_config=text, vision_config=vision, projection_dim=24, logit_scale_init_value=3.1
+        text_config=text,
+        vision_config=vision,
+        projection_dim=24,
+        logit_scale_init_value=logit_scale,
     )
     torch.manual_seed(0)
     return CLIPModel(config).eval()
+
+
+def test_converted_temperature_above_the_clamp_matches_transformers():
+    reference = hf_clip(**CONFIGS["eos_inside_vocab_wide_text"], logit_scale=5.0)  # exp = 148
+    ours = from_transformers(reference)
+    ids, mask = padded_ids(CONFIGS["eos_inside_vocab_wide_text"]["eos"])
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = reference(input_ids=ids, pixel_values=images, attention_mask=mask)
+        torch.testing.assert_close(
+            ours(images, ids, mask), expected.logits_per_image, atol=1e-4, rtol=0
+        )
 
 
 def padded_ids(eos, lengths=(12, 7, 4)):

@@ -7,6 +7,8 @@ so the converter reshapes both before loading.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -84,7 +86,12 @@ def clip_config_from_transformers(hf_config) -> CLIPConfig:
 
 def clip_from_transformers(model) -> CLIP:
     """Build a minifm CLIP equal to a transformers `CLIPModel`, with all its weights."""
-    ours = CLIP(clip_config_from_transformers(model.config))
+    config = clip_config_from_transformers(model.config)
+    # transformers does not clamp the temperature, so keep a checkpoint's larger value exact.
+    scale = math.exp(model.logit_scale.item())
+    if scale > config.logit_scale_max:
+        config = dataclasses.replace(config, logit_scale_max=scale)
+    ours = CLIP(config)
     state = dict(model.state_dict())
     cls_key = "vision_model.embeddings.class_embedding"
     position_key = "vision_model.embeddings.position_embedding.weight"
