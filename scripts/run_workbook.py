@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbconvert import HTMLExporter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,10 @@ def execute(path: Path, out_dir: Path, timeout: int) -> tuple[str, float]:
     status = "ok"
     try:
         client.execute()
-    except CellExecutionError as error:
+    except CellExecutionError as error:  # the traceback ends with the exception line
         status = f"failed: {str(error).strip().splitlines()[-1][:80]}"
+    except (CellTimeoutError, DeadKernelError) as error:  # these begin with what happened
+        status = f"failed: {str(error).strip().splitlines()[0][:80]}"
     seconds = time.perf_counter() - start
     nbformat.write(notebook, out_dir / path.name)
     html, _ = HTMLExporter().from_notebook_node(notebook)
