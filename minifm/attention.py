@@ -119,7 +119,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def auto_backend(q: Tensor, k: Tensor, mask: Tensor | None, dropout_p: float) -> str:
-    """The backend `"auto"` runs: triton on CUDA where its kernel supports the call, else sdpa."""
+    """Return the backend that `"auto"` runs: triton on CUDA if its kernel supports the call."""
     if resolve_backend("auto", q.device) != "triton" or dropout_p:
         return "sdpa"
     from minifm.kernels import supports

@@ -81,10 +81,11 @@ class History:
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar that redraws at most once a second: a widget with ipywidgets, text without.
+    """Return a tqdm bar that redraws at most once a second (a widget with ipywidgets, else text).
 
-    Every redraw is a message from a notebook kernel; a long loop that redraws on every step
-    sends thousands of them, which bloats the stored notebook and can make nbval drop messages.
+    Every redraw is a message from a notebook kernel. A loop that redraws on every step sends
+    thousands of them, which bloats the stored notebook, and nbval can then lose the kernel's
+    idle message and time out.
     """
     return tqdm(iterable, mininterval=1.0, **kwargs)
 
@@ -140,7 +141,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def optimized_parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """Name the optimizer's parameters in the order its state dict numbers them."""
+    """Return the names of the optimizer's parameters, in the order its state dict numbers them."""
     names = {id(p): name for name, p in model.named_parameters()}
     return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
@@ -155,7 +156,7 @@ def save_training_state(
 ) -> None:
     """Checkpoint model, optimizer moments and the global RNG state after `step` steps.
 
-    `data_order` holds the settings that fix the order of the batches (seed, batch size).
+    `data_order` contains the settings that fix the order of the batches (seed, batch size).
     """
     tensors = {f"model.{name}": t for name, t in model.state_dict().items()}
     for index, state in optimizer.state_dict()["state"].items():

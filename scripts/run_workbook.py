@@ -31,9 +31,9 @@ def execute(path: Path, out_dir: Path, timeout: int) -> tuple[str, float]:
     status = "ok"
     try:
         client.execute()
-    except CellExecutionError as error:  # the traceback ends with the exception line
+    except CellExecutionError as error:  # The traceback ends with the exception line.
         status = f"failed: {str(error).strip().splitlines()[-1][:80]}"
-    except (CellTimeoutError, DeadKernelError) as error:  # these begin with what happened
+    except (CellTimeoutError, DeadKernelError) as error:  # These messages start with the cause.
         status = f"failed: {str(error).strip().splitlines()[0][:80]}"
     seconds = time.perf_counter() - start
     nbformat.write(notebook, out_dir / path.name)

@@ -131,19 +131,19 @@ def test_attention_dropout_is_unbiased(backend):
 
 
 @pytest.mark.parametrize("dropout_p", [-0.1, 1.0, float("nan")])
-def test_dropout_outside_unit_interval_is_rejected(dropout_p):
+def test_dropout_out_of_range_is_rejected(dropout_p):
     q, k, v = qkv()
     with pytest.raises(ValueError, match="dropout_p=.* must lie in"):
         attend(q, k, v, dropout_p=dropout_p)
 
 
-def test_triton_backend_rejects_attention_dropout():
+def test_triton_rejects_attention_dropout():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="triton backend has no attention dropout"):
         attend(q, k, v, dropout_p=0.1, backend="triton")
 
 
-def test_multi_head_attention_drops_only_in_training():
+def test_attention_dropout_only_in_training():
     torch.manual_seed(0)
     attention = MultiHeadAttention(16, 2, dropout=0.5)
     x = torch.randn(2, 5, 16)
@@ -164,7 +164,7 @@ def test_multi_head_attention_drops_only_in_training():
         (64, torch.float16, None, 0.1, "sdpa"),
     ],
 )
-def test_auto_falls_back_to_sdpa_where_the_kernel_lacks_support(
+def test_auto_backend_falls_back_to_sdpa(
     monkeypatch, head_dim, dtype, mask_shape, dropout_p, expected
 ):
     import minifm.attention as attention

@@ -25,7 +25,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
         load_model(nn.Linear(2, 2), path)
 
 
-def test_unexpected_keys_alone_are_rejected(tmp_path):
+def test_unexpected_keys_alone_rejected(tmp_path):
     path = tmp_path / "model.safetensors"
     save_model(nn.Linear(2, 2), path)
     tensors, _ = load_tensors(path)

@@ -66,8 +66,9 @@ def hf_clip(eos, act, text_width, vision_width, logit_scale=3.1):
     return CLIPModel(config).eval()
 
 
-def test_converted_temperature_above_the_clamp_matches_transformers():
-    reference = hf_clip(**CONFIGS["eos_inside_vocab_wide_text"], logit_scale=5.0)  # exp = 148
+def test_clip_temperature_above_clamp():
+    # exp(5) = 148, above minifm's clamp of 100
+    reference = hf_clip(**CONFIGS["eos_inside_vocab_wide_text"], logit_scale=5.0)
     ours = from_transformers(reference)
     ids, mask = padded_ids(CONFIGS["eos_inside_vocab_wide_text"]["eos"])
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))

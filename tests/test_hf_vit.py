@@ -115,7 +115,7 @@ def test_load_pretrained_reads_a_local_folder(tmp_path):
         torch.testing.assert_close(ours(images), hf_model(images).logits, atol=TOLERANCE, rtol=0)
 
 
-def test_training_mode_dropout_matches_eager_transformers():
+def test_vit_training_dropout_parity():
     # Same dropout sites in the same order draw the same masks from the same seed.
     config = hf_config(
         hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.2, attn_implementation="eager"

@@ -85,12 +85,12 @@ def test_unknown_activation_is_rejected():
 
 
 @pytest.mark.parametrize("config_class", [ViTConfig, CLIPTextConfig, BertConfig])
-def test_transformer_configs_reject_indivisible_width(config_class):
+def test_configs_reject_indivisible_width(config_class):
     with pytest.raises(ValueError, match="hidden_size=64 must be divisible by num_attention_heads"):
         config_class(hidden_size=64, num_attention_heads=5)
 
 
 @pytest.mark.parametrize("config_class", [ViTConfig, CLIPTextConfig, BertConfig])
-def test_transformer_configs_reject_unknown_activation(config_class):
+def test_configs_reject_unknown_activation(config_class):
     with pytest.raises(ValueError, match="unknown activation 'swish2'"):
         config_class(hidden_act="swish2")

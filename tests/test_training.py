@@ -72,7 +72,7 @@ def checkpointed_run(tmp_path):
     return checkpoint
 
 
-def test_resume_rejects_other_trainable_parameters(tmp_path):
+def test_resume_other_parameters_is_rejected(tmp_path):
     checkpoint = checkpointed_run(tmp_path)
     model = DropoutNet()
     model[0].bias.requires_grad_(False)
@@ -80,14 +80,14 @@ def test_resume_rejects_other_trainable_parameters(tmp_path):
         fit(model, loss_fn, make_data(), config(), checkpoint_path=checkpoint, resume=True)
 
 
-def test_resume_rejects_another_data_order(tmp_path):
+def test_resume_other_data_order_is_rejected(tmp_path):
     checkpoint = checkpointed_run(tmp_path)
     with pytest.raises(ValueError, match="resume with the same seed and batch size"):
         fit(DropoutNet(), loss_fn, make_data(), config(seed=1), checkpoint_path=checkpoint,
             resume=True)  # fmt: skip
 
 
-def test_resume_rejects_a_checkpoint_past_the_last_step(tmp_path):
+def test_resume_past_last_step_is_rejected(tmp_path):
     checkpoint = checkpointed_run(tmp_path)
     with pytest.raises(ValueError, match="is at step 12, past config.steps=6"):
         fit(DropoutNet(), loss_fn, make_data(), config(steps=6), checkpoint_path=checkpoint,
@@ -135,7 +135,7 @@ def test_evaluation_runs_on_schedule_in_eval_mode():
     assert seen == [False, False, False]
 
 
-def test_progress_bar_redraws_at_most_once_a_second(capsys):
+def test_progress_bar_redraw_rate(capsys):
     history = fit(nn.Linear(8, 2), loss_fn, make_data(), config(steps=300, progress=True))
     redraws = capsys.readouterr().err.count("\r")
     assert redraws <= 3 + history.seconds, redraws
@@ -181,7 +181,7 @@ def test_config_rejects_bad_values(field, value, message):
         TrainConfig(**{"steps": 10, "batch_size": 4, field: value})
 
 
-def test_batch_larger_than_the_data_is_rejected():
+def test_batch_larger_than_data_is_rejected():
     with pytest.raises(ValueError, match="batch_size=100 exceeds the 64 training examples"):
         fit(nn.Linear(8, 2), loss_fn, make_data(), config(batch_size=100))
 

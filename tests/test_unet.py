@@ -354,7 +354,7 @@ def test_min_snr_weights_cap_high_snr_timesteps():
     "prediction_type, expected",
     [("epsilon", 1.0), ("v_prediction", 0.0), ("sample", 0.0)],
 )
-def test_min_snr_weights_are_finite_at_zero_terminal_snr(prediction_type, expected):
+def test_min_snr_weights_at_zero_snr(prediction_type, expected):
     weights = min_snr_weights(torch.tensor([0.0]), 5.0, prediction_type)
     torch.testing.assert_close(weights, torch.tensor([expected]))
 

@@ -132,7 +132,7 @@ def _key_mask(
 
 
 def is_key_padding_mask(mask: Tensor, batch: int, n_keys: int) -> bool:
-    """Whether `mask` depends on the batch and key index alone: broadcastable as (B, 1, 1, Nk)."""
+    """Return whether `mask` depends on the batch and key index alone, as (B, 1, 1, Nk) does."""
     shape = (1,) * (4 - mask.ndim) + tuple(mask.shape)
     return (
         mask.ndim <= 4
@@ -144,7 +144,7 @@ def is_key_padding_mask(mask: Tensor, batch: int, n_keys: int) -> bool:
 
 
 def supports(q: Tensor, k: Tensor, mask: Tensor | None = None) -> bool:
-    """Whether `flash_attention` handles these inputs: head size, dtype and mask."""
+    """Return whether `flash_attention` supports the head size, dtype and mask of a call."""
     head_dim_ok = 1 <= q.shape[-1] <= MAX_HEAD_DIM
     mask_ok = mask is None or is_key_padding_mask(mask, q.shape[0], k.shape[-2])
     return head_dim_ok and q.dtype in DTYPES and mask_ok
